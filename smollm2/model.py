@@ -1,0 +1,571 @@
+"""SmolLM2: a Llama-style causal language model in plain PyTorch, module for module as the spec names them.
+
+Reads top to bottom like the spec: config, RMSNorm, rotary embeddings, MLP, attention, decoder layer,
+the decoder stack, the LM head with loss and generation. The state-dict keys are exactly those of
+transformers' LlamaForCausalLM, so weights move both ways without renaming (see smollm2/hf.py).
+No distributed code lives here: DeepSpeed wraps this module from the outside.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from smollm2.errors import UserError
+
+# One layer's KV cache: (keys, values), each [batch, num_key_value_heads, seq, head_dim], before repeat_kv.
+LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+# Imported checkpoints often declare very long contexts (SmolLM2-135M: 8192); their default training
+# and generation window is capped here so that a block fits in memory on small machines.
+IMPORTED_BLOCK_SIZE_CAP = 8192
+
+
+@dataclass
+class SmolLM2Config:
+    """Model hyperparameters; the defaults are the spec's SmolLM2-135 table (134,515,008 parameters)."""
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 9
+    num_key_value_heads: int = 3
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.041666666666666664
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    block_size: int = 512
+    bos_token_id: int = 0
+    eos_token_id: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], prefix: str = "model") -> SmolLM2Config:
+        """Build from a plain dict (a YAML `model:` section), refusing unknown keys and wrong types."""
+        if not isinstance(d, dict):
+            raise UserError(f"{prefix}: expected a mapping of model settings, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in fields:
+                raise UserError(f"{prefix}.{key}: unknown key (expected one of: {', '.join(fields)})")
+            values[key] = _coerce(f"{prefix}.{key}", value, type(getattr(cls(), key)))
+        config = cls(**values)
+        config.validate(prefix)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, prefix: str = "model") -> None:
+        """Raise UserError naming the first inconsistent key."""
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings", "block_size"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{prefix}.{key}: must be a positive integer, got {getattr(self, key)}")
+        for key in ("initializer_range", "rms_norm_eps", "rope_theta"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"{prefix}.{key}: must be positive, got {getattr(self, key)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"{prefix}.num_attention_heads: {self.num_attention_heads} does not divide "
+                            f"hidden_size {self.hidden_size}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UserError(f"{prefix}.num_key_value_heads: {self.num_key_value_heads} does not divide "
+                            f"num_attention_heads {self.num_attention_heads}")
+        if self.head_dim % 2:
+            raise UserError(f"{prefix}.num_attention_heads: head_dim {self.head_dim} (hidden_size / heads) must be "
+                            f"even for rotary embeddings")
+        if self.hidden_act not in ACTIVATIONS:
+            raise UserError(f"{prefix}.hidden_act: {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.block_size > self.max_position_embeddings:
+            raise UserError(f"{prefix}.block_size: {self.block_size} exceeds max_position_embeddings "
+                            f"{self.max_position_embeddings}")
+        for key in ("bos_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, key) < self.vocab_size:
+                raise UserError(f"{prefix}.{key}: {getattr(self, key)} is not a token id below vocab_size "
+                                f"{self.vocab_size}")
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The transformers LlamaConfig fields (config.json) describing this model."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "initializer_range": self.initializer_range,
+            "rms_norm_eps": self.rms_norm_eps,
+            # transformers < 5 reads rope_theta, transformers 5 reads rope_parameters: write both.
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "attention_dropout": 0.0,
+            "pretraining_tp": 1,
+            "use_cache": True,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], block_size: int | None = None,
+                     source: str = "config.json") -> SmolLM2Config:
+        """Read a transformers LlamaConfig dict; refuse what this model cannot represent.
+
+        `block_size` defaults to min(max_position_embeddings, 8192).
+        """
+        model_type = d.get("model_type")
+        if model_type != "llama":
+            raise UserError(f"{source}: model_type is {model_type!r}, expected 'llama'")
+        for key, unsupported in (("attention_bias", True), ("mlp_bias", True)):
+            if d.get(key) == unsupported:
+                raise UserError(f"{source}: {key}={unsupported} is not supported (SmolLM2 has no biases)")
+        if d.get("pretraining_tp", 1) != 1:
+            raise UserError(f"{source}: pretraining_tp={d['pretraining_tp']} is not supported, expected 1")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise UserError(f"{source}: rope type {rope_type!r} is not supported, expected 'default'")
+        rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+        try:
+            hidden_size, num_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
+            max_positions = int(d.get("max_position_embeddings", 2048))
+            values = dict(
+                vocab_size=int(d["vocab_size"]),
+                hidden_size=hidden_size,
+                intermediate_size=int(d["intermediate_size"]),
+                num_hidden_layers=int(d["num_hidden_layers"]),
+                num_attention_heads=num_heads,
+                num_key_value_heads=int(d.get("num_key_value_heads") or num_heads),
+                hidden_act=str(d.get("hidden_act", "silu")),
+                max_position_embeddings=max_positions,
+                initializer_range=float(d.get("initializer_range", 0.02)),
+                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope_theta),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                block_size=block_size if block_size is not None else min(max_positions, IMPORTED_BLOCK_SIZE_CAP),
+                bos_token_id=_first_id(d.get("bos_token_id"), 0),
+                eos_token_id=_first_id(d.get("eos_token_id"), 0),
+            )
+        except KeyError as exc:
+            raise UserError(f"{source}: missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source}: bad value ({exc})") from None
+        head_dim = d.get("head_dim")
+        if head_dim is not None and head_dim != hidden_size // num_heads:
+            raise UserError(f"{source}: head_dim={head_dim} is not supported, expected hidden_size / "
+                            f"num_attention_heads = {hidden_size // num_heads}")
+        config = cls(**values)
+        config.validate(prefix=source)
+        return config
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """YAML gives ints for floats (1e-5 is read as a string by PyYAML); accept what converts exactly."""
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif expected is str and isinstance(value, str):
+        return value
+    raise UserError(f"{key}: expected {expected.__name__}, got {value!r}")
+
+
+def _first_id(value: int | list[int] | None, default: int) -> int:
+    """HF configs may list several eos ids; ours holds the first (generation_config keeps the full list)."""
+    if value is None:
+        return default
+    if isinstance(value, list):
+        return int(value[0]) if value else default
+    return int(value)
+
+
+class SmolLM2RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (as T5LayerNorm / LlamaRMSNorm)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+def _precompute_freqs_cis(dim: int, end: int, theta: float) -> torch.Tensor:
+    """cos and sin of position * theta^(-2i/dim) for positions [0, end): shape [end, dim // 2, 2]."""
+    # Computed on the CPU whatever the default device: the same values on every device, and no work on meta.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    freqs = torch.outer(torch.arange(end, dtype=torch.int64, device="cpu").float(), inv_freq)
+    return torch.stack([freqs.cos(), freqs.sin()], dim=-1)
+
+
+class SmolLM2RotaryEmbedding(nn.Module):
+    """cos/sin caches [positions, head_dim] for rotary embeddings, grown when a longer sequence comes."""
+
+    def __init__(self, dim: int, max_position_embeddings: int, base: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.base = base
+        self.build_cache(max_position_embeddings)
+
+    def build_cache(self, seq_len: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> None:
+        """(Re)compute the caches for positions [0, seq_len), on `device` (default: the current default device)."""
+        freqs_cis = _precompute_freqs_cis(self.dim, seq_len, self.base)
+        # Both halves of head_dim use the same frequencies (rotate_half pairs i with i + dim/2).
+        cos = torch.cat([freqs_cis[..., 0], freqs_cis[..., 0]], dim=-1)
+        sin = torch.cat([freqs_cis[..., 1], freqs_cis[..., 1]], dim=-1)
+        device = device if device is not None else torch.get_default_device()
+        # Non-persistent: derived from the config, never part of a checkpoint (matches transformers' keys).
+        self.register_buffer("cos_cached", cos.to(device, dtype), persistent=False)
+        self.register_buffer("sin_cached", sin.to(device, dtype), persistent=False)
+        self.max_seq_len_cached = seq_len
+
+    def forward(self, x: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len > self.max_seq_len_cached:
+            self.build_cache(seq_len, self.cos_cached.device, self.cos_cached.dtype)
+        return self.cos_cached[:seq_len].to(x.dtype), self.sin_cached[:seq_len].to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q, k [B, heads, L, head_dim] by the angles of `position_ids` [B or 1, L]."""
+    cos = cos[position_ids].unsqueeze(1)  # [B, 1, L, head_dim]: broadcasts over heads
+    sin = sin[position_ids].unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class SmolLM2MLP(nn.Module):
+    """down_proj(act(gate_proj(x)) * up_proj(x)), no biases."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, kv_heads, L, D] -> [B, kv_heads * n_rep, L, D], each KV head serving n_rep query heads."""
+    if n_rep == 1:
+        return hidden_states
+    batch, num_key_value_heads, seq_len, head_dim = hidden_states.shape
+    hidden_states = hidden_states[:, :, None].expand(batch, num_key_value_heads, n_rep, seq_len, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, seq_len, head_dim)
+
+
+class SmolLM2Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings and an optional KV cache.
+
+    `use_sdpa` picks torch's fused scaled_dot_product_attention (default) or the manual
+    softmax(QK^T / sqrt(d)) V path, kept as a readable reference and a fallback.
+    """
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.use_sdpa = True
+
+    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_value: LayerCache | None = None, use_cache: bool = False,
+                ) -> tuple[torch.Tensor, LayerCache | None]:
+        """`attention_mask`: None (plain causal) or bool [B, 1, L, past + L], True = may attend."""
+        batch, seq_len, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, position_ids)
+        if past_key_value is not None:
+            k = torch.cat([past_key_value[0], k], dim=2)
+            v = torch.cat([past_key_value[1], v], dim=2)
+        present = (k, v) if use_cache else None
+        k = repeat_kv(k, self.num_key_value_groups)
+        v = repeat_kv(v, self.num_key_value_groups)
+        # Without a mask, the model only calls us with no cache (causal) or one new token (sees everything).
+        is_causal = attention_mask is None and seq_len > 1
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=is_causal)
+        else:
+            if is_causal:
+                attention_mask = torch.ones(seq_len, k.shape[2], dtype=torch.bool, device=q.device).tril()
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            out = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+        out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
+        return self.o_proj(out), present
+
+
+class SmolLM2DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        # Registration order = transformers' (same parameter order, so optimizer states line up too).
+        self.self_attn = SmolLM2Attention(config)
+        self.mlp = SmolLM2MLP(config)
+        self.input_layernorm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_value: LayerCache | None = None, use_cache: bool = False,
+                ) -> tuple[torch.Tensor, LayerCache | None]:
+        attn_out, present = self.self_attn(self.input_layernorm(hidden_states), cos, sin, position_ids,
+                                           attention_mask, past_key_value, use_cache)
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, present
+
+
+class SmolLM2Model(nn.Module):
+    """Token embeddings -> decoder layers -> final RMSNorm."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(SmolLM2DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = SmolLM2RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self.checkpoint_every_n_layers = 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values: Sequence[LayerCache] | None = None, use_cache: bool = False,
+                position_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, tuple[LayerCache, ...] | None]:
+        batch, seq_len = input_ids.shape
+        past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+        hidden_states = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq_len, device=input_ids.device).unsqueeze(0)
+            cos, sin = self.rotary_emb(hidden_states, past_len + seq_len)
+        else:
+            cos, sin = self.rotary_emb(hidden_states, int(position_ids.max()) + 1)
+        mask = _attention_mask(attention_mask, batch, seq_len, past_len, input_ids.device)
+        checkpoint_every = self.checkpoint_every_n_layers if torch.is_grad_enabled() else 0
+        presents = []
+        for i, layer in enumerate(self.layers):
+            past = past_key_values[i] if past_key_values is not None else None
+            if checkpoint_every and i % checkpoint_every == 0:
+                hidden_states, present = checkpoint(layer, hidden_states, cos, sin, position_ids, mask, past,
+                                                    use_cache, use_reentrant=False)
+            else:
+                hidden_states, present = layer(hidden_states, cos, sin, position_ids, mask, past, use_cache)
+            presents.append(present)
+        return self.norm(hidden_states), (tuple(presents) if use_cache else None)
+
+
+def _attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int, past_len: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """bool [B, 1, L, past + L] (True = may attend), or None when plain causal attention is right.
+
+    `attention_mask` is the usual [B, past + L] padding mask of 1 (token) / 0 (padding).
+    """
+    if attention_mask is None and (past_len == 0 or seq_len == 1):
+        return None
+    total = past_len + seq_len
+    query_pos = torch.arange(past_len, total, device=device)[:, None]
+    mask = (torch.arange(total, device=device)[None, :] <= query_pos)[None, None]  # [1, 1, L, total]
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, :].bool()
+        # A padded query row may see nothing at all; let it see everything instead, so softmax stays
+        # finite (its output is never used, but a NaN would leak through 0 * NaN in later layers).
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask.expand(batch, 1, seq_len, total)
+
+
+@dataclass
+class SmolLM2Output:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    past_key_values: tuple[LayerCache, ...] | None = None
+
+
+class SmolLM2ForCausalLM(nn.Module):
+    """SmolLM2Model + LM head (tied to the embeddings by default), shifted cross-entropy and generate."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.model = SmolLM2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> SmolLM2ForCausalLM:
+        """Materialize a model built under `torch.device("meta")` (no memory, no init cost): weights are
+        left uninitialized (load a state dict next), the LM head is re-tied and the rotary caches rebuilt."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        rotary = self.model.rotary_emb
+        rotary.build_cache(rotary.max_seq_len_cached, rotary.cos_cached.device)
+        return self
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As transformers' LlamaPreTrainedModel: N(0, initializer_range) for matrices, ones for norms.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, SmolLM2RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, past_key_values: Sequence[LayerCache] | None = None,
+                use_cache: bool = False, position_ids: torch.Tensor | None = None) -> SmolLM2Output:
+        """`labels` are aligned with `input_ids` (HF convention): token t predicts labels[t + 1]; -100 is ignored."""
+        hidden_states, presents = self.model(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            # Shift the labels rather than the logits: no copy of the [B, L, vocab] tensor.
+            targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return SmolLM2Output(logits=logits, loss=loss, past_key_values=presents)
+
+    def set_activation_checkpointing(self, every_n_layers: int) -> None:
+        """Recompute activations in backward for every N-th layer (0: off, 1: all layers)."""
+        if every_n_layers < 0:
+            raise ValueError(f"every_n_layers must be >= 0, got {every_n_layers}")
+        self.model.checkpoint_every_n_layers = every_n_layers
+
+    def num_parameters(self) -> int:
+        """Unique parameters: the tied LM head shares the embedding and counts once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (PaLM's convention): 6 N + 12 layers hidden seq (the attention scores)."""
+        c = self.config
+        return 6 * self.num_parameters() + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 eos_token_id: int | Sequence[int] | None = None, generator: torch.Generator | None = None,
+                 on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Append up to `max_new_tokens` sampled tokens to `input_ids` [B, T]; return [B, T + new].
+
+        temperature 0 is greedy. The KV cache holds at most block_size positions: when the next token
+        would not fit, the context is cropped to its last block_size tokens and the cache recomputed
+        (positions restart at 0, so they never exceed what the model was trained on). Stops when every
+        row has produced an eos token (finished rows are padded with it). `on_token(id)` streams each
+        new token of a single sequence.
+        """
+        if on_token is not None and input_ids.shape[0] != 1:
+            raise ValueError("on_token streams a single sequence; input_ids has batch size "
+                             f"{input_ids.shape[0]}")
+        block_size = self.config.block_size
+        eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
+                               dtype=torch.long, device=input_ids.device)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        tokens, cache = input_ids, None
+        for _ in range(max_new_tokens):
+            if cache is None or cache[0][0].shape[2] + 1 > block_size:
+                out = self(tokens[:, -block_size:], use_cache=True)
+            else:
+                out = self(tokens[:, -1:], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            next_token = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
+            if len(eos_ids):
+                next_token = torch.where(finished, eos_ids[0], next_token)
+                finished |= torch.isin(next_token, eos_ids)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if on_token is not None:
+                on_token(int(next_token[0]))
+            if finished.all():
+                break
+        return tokens
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, block_size: int | None = None) -> SmolLM2ForCausalLM:
+        """Load a transformers LlamaForCausalLM folder (config.json + safetensors, sharded or not)."""
+        from smollm2.hf import load_hf_folder
+
+        return load_hf_folder(path, block_size=block_size)
+
+    def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
+        """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads."""
+        from smollm2.hf import save_hf_folder
+
+        save_hf_folder(self, path, max_shard_size=max_shard_size)
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of `logits` [B, vocab]: greedy at temperature 0, else top-k / top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the more likely ones already cover top_p; the best token always stays.
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

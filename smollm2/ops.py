@@ -1,0 +1,144 @@
+"""Fast paths for the training step, each a drop-in for a plain PyTorch expression and tested against it.
+
+- `fused_linear_cross_entropy` / `causal_lm_loss`: the LM head and cross-entropy in token chunks, so the
+  [tokens, vocab] logits never exist whole and never in float32. SmolLM2's head is 49152 wide: at
+  micro-batch 128 x 512 tokens the plain `F.cross_entropy(logits.float())` holds 6.4 GB of bf16 logits,
+  12.9 GB of their float32 copy and as much again for their gradient, and it is the largest
+  memory-bound part of the step. Here each chunk's logits are made, turned into their gradient in one
+  fused pass and multiplied back into the hidden-state and weight gradients right away (Liger-Kernel's
+  "fused linear cross-entropy" idea, in plain PyTorch: cuBLAS for the matmuls, torch.compile fuses the
+  softmax/gradient pass on CUDA, eager on CPU).
+- `selective_checkpoint`: activation checkpointing that keeps the matmul and attention outputs and
+  recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward.
+
+Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Tokens per chunk: 8192 x 49152 bf16 logits are 0.8 GB, enough to keep the matmuls efficient.
+DEFAULT_CHUNK_TOKENS = 8192
+
+
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
+                         ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of one chunk, and d(summed loss * grad_scale)/d logits in the logits' dtype.
+
+    The gradient of -log softmax(x)[t] is softmax(x) - onehot(t); ignored rows get zero.
+    """
+    logits32 = logits.float()
+    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
+    target_logits = logits32.gather(1, safe_targets[:, None])
+    loss_sum = torch.where(valid[:, None], lse - target_logits, 0.0).sum()
+    is_target = torch.arange(logits.shape[1], device=logits.device)[None, :] == safe_targets[:, None]
+    row_scale = torch.where(valid, grad_scale, 0.0)[:, None]
+    grad = (torch.exp(logits32 - lse) - is_target.to(torch.float32)) * row_scale
+    return loss_sum, grad.to(logits.dtype)
+
+
+@functools.cache
+def _compiled_chunk_loss_and_grad() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    # One fused reduction + one fused elementwise kernel per chunk instead of ~8 passes over fp32 logits.
+    return torch.compile(_chunk_loss_and_grad, dynamic=False)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean CE(hidden @ weight.T, targets) whose backward only scales gradients made in forward."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_tokens: int, ignore_index: int) -> torch.Tensor:
+        # Inside a compiled model, inductor fuses the plain function into that graph itself.
+        compile_here = hidden.is_cuda and not torch.compiler.is_compiling()
+        chunk_fn = _compiled_chunk_loss_and_grad() if compile_here else _chunk_loss_and_grad
+        num_tokens = hidden.shape[0]
+        # 1 / (number of counted tokens), kept on the device: no host sync inside the step.
+        grad_scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        # float32 across chunks: each chunk's weight gradient is rounded to the weight's dtype once only.
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        num_chunks = -(-num_tokens // chunk_tokens)
+        step = -(-num_tokens // num_chunks)  # equal chunks (the last may be shorter): at most 2 shapes
+        for start in range(0, num_tokens, step):
+            h = hidden[start:start + step]
+            chunk_loss, grad_logits = chunk_fn(h @ weight.t(), targets[start:start + step], grad_scale,
+                                               ignore_index)
+            loss_sum += chunk_loss
+            grad_hidden[start:start + step] = grad_logits @ weight
+            grad_weight += (grad_logits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss_sum * grad_scale
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output.to(grad_weight.dtype), \
+            None, None, None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ignore_index: int = -100) -> torch.Tensor:
+    """`F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=ignore_index)` without the logits.
+
+    hidden [tokens, hidden_size], weight [vocab, hidden_size], targets [tokens] (int). Mean over the
+    tokens whose target is not `ignore_index` (0, not NaN, when there are none). Under autocast the
+    matmuls run in the autocast dtype, as the plain expression's would. The loss must be the end of
+    the graph (its backward only scales the gradients computed in forward), as a training loss is.
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected hidden [N, H], weight [V, H], targets [N]; got {tuple(hidden.shape)}, "
+                         f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Cast outside the Function, so autograd casts the gradients back to the inputs' dtypes.
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    elif hidden.dtype != weight.dtype:
+        weight = weight.to(hidden.dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, ignore_index)
+
+
+def causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, *,
+                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """SmolLM2ForCausalLM's loss from the final hidden states [B, L, H]: labels aligned with the inputs
+    (token t predicts labels[t + 1], -100 ignored), as the model's plain path computes it."""
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    return fused_linear_cross_entropy(hidden_states.reshape(-1, hidden_states.shape[-1]), lm_head_weight,
+                                      targets.reshape(-1), chunk_tokens=chunk_tokens)
+
+
+# Ops whose outputs selective checkpointing keeps: the expensive ones (matmuls, attention kernels).
+# Everything else in a decoder layer is elementwise and cheap to recompute from them.
+@functools.cache
+def _saved_ops() -> frozenset[Any]:
+    aten = torch.ops.aten
+    names = ["mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention_for_cpu"]
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, recomputing in backward only what is not a matmul or attention output."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=functools.partial(create_selective_checkpoint_contexts, _selective_policy))

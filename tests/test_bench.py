@@ -1,0 +1,87 @@
+"""`smollm2 bench` on CPU: the real trainer's step on real (tiny) data, the baseline, the JSON it writes."""
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, smollm2_cmd
+from smollm2 import bench
+from smollm2.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
+    """One play, a 512-token BPE tokenizer trained on it, packed with `smollm2 prepare`."""
+    root = tmp_path_factory.mktemp("bench_data")
+    text = shakespeare_dir / "hamlet_gut.txt"
+    for cmd in (smollm2_cmd("tokenizer", "train", "--input", text, "--out", root / "tok", "--vocab-size", "512"),
+                smollm2_cmd("prepare", "--input", text, "--tokenizer", root / "tok", "--out", root / "data",
+                            "--txt-mode", "paragraph")):
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    return root / "data"
+
+
+def test_vary_overrides():
+    assert bench.vary_overrides(None) == [("", [])]
+    assert bench.vary_overrides("train.activation_checkpointing=0,2") == [
+        ("train.activation_checkpointing=0", ["train.activation_checkpointing=0"]),
+        ("train.activation_checkpointing=2", ["train.activation_checkpointing=2"])]
+    with pytest.raises(UserError, match="--vary"):
+        bench.vary_overrides("train.activation_checkpointing")
+
+
+def test_time_steps_splits_each_step_into_its_phases():
+    durations = {"forward": 0.02, "backward": 0.03, "optimizer": 0.01}
+
+    def micro_step(clock):
+        for phase in ("forward", "backward", "optimizer"):
+            time.sleep(durations[phase])
+            clock.mark()
+
+    timing = bench.time_steps(micro_step, torch.device("cpu"), warmup=1, steps=3)
+    for phase, seconds in durations.items():
+        assert seconds * 1e3 <= getattr(timing, f"{phase}_ms") < seconds * 1e3 + 15, phase
+    assert timing.step_ms == pytest.approx(timing.forward_ms + timing.backward_ms + timing.optimizer_ms)
+
+
+@pytest.mark.slow
+def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
+    out, run_dir = tmp_path / "bench.json", tmp_path / "run"
+    result = subprocess.run(
+        smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml",
+                    "--set", f"data.path={tiny_data}", f"train.out_dir={run_dir}", "model.vocab_size=512",
+                    "train.micro_batch_size=2", "train.global_batch_size=4", "data.num_workers=0",
+                    "--vary", "train.activation_checkpointing=0,1", "--steps", "2", "--warmup", "1",
+                    "--baseline", "eager", "--out", out),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == ["trainer train.activation_checkpointing=0", "trainer train.activation_checkpointing=1",
+                     "hf-eager"]
+    trainer_rows, baseline = report["results"][:2], report["results"][2]
+    for row in report["results"]:
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"]
+        assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["optimizer_ms"])
+        assert row["peak_mem_gib"] > 0
+    for row in trainer_rows:
+        assert row["micro_batch_size"] == 2 and row["accumulation"] == 2
+        # 2 micro-steps of 2 x 256 tokens each; the tiny model's loss starts near ln(512).
+        assert row["tokens_per_s"] == pytest.approx(2 * 256 / (row["step_ms"] / 1e3))
+        assert 0 <= row["data_wait_ms"] < row["step_ms"]
+        assert 4.0 < row["loss"] < 8.0
+    assert [r["activation_checkpointing"] for r in trainer_rows] == [0, 1]
+    assert report["speedup_vs_baseline"]["trainer train.activation_checkpointing=0"] == pytest.approx(
+        trainer_rows[0]["tokens_per_s"] / baseline["tokens_per_s"])
+    assert "tokens/s" in result.stdout and "x the hf-eager baseline" in result.stdout
+    assert not run_dir.exists()  # a bench never writes into the configured run directory
+
+
+def test_bench_cli_rejects_bad_flags(tmp_path):
+    result = subprocess.run(smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--steps", "0"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("smollm2 bench: error: --steps")

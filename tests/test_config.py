@@ -1,0 +1,109 @@
+"""The training config: YAML + --set overrides, every default filled, bad input refused naming the key."""
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, smollm2_cmd
+
+from smollm2.config import Config, apply_override, load_config, save_config
+from smollm2.errors import UserError
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+REQUIRED = ["data.path=data", "train.out_dir=run", "train.max_steps=100", "schedule.warmup_steps=10"]
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_shipped_configs_load(path, world_size):
+    config = load_config(path, world_size=world_size)
+    assert config.train.max_steps > 0 and config.data.path and config.train.out_dir
+
+
+def test_135m_config_is_the_smollm2_recipe():
+    c = load_config(ROOT / "configs" / "smollm2-135m.yaml")
+    assert (c.model.hidden_size, c.model.intermediate_size, c.model.num_hidden_layers, c.model.num_attention_heads,
+            c.model.num_key_value_heads, c.model.vocab_size, c.model.block_size) == (576, 1536, 30, 9, 3, 49152, 512)
+    assert (c.optimizer.betas, c.optimizer.eps, c.optimizer.weight_decay, c.optimizer.grad_clip) == \
+        ([0.9, 0.95], 1e-8, 0.01, 1.0)
+    assert (c.schedule.name, c.schedule.warmup_steps, c.schedule.decay_fraction) == ("wsd", 2000, 0.2)
+    # The documented rule: 3e-3 at 1,048,576 tokens per step, square-root scaled to our global batch.
+    tokens = c.train.global_batch_size * c.model.block_size
+    assert c.optimizer.lr == pytest.approx(3e-3 * (tokens / 1_048_576) ** 0.5)
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    path = write_yaml(tmp_path, "train:\n  micro_batch_size: 4\n")
+    c = load_config(path, REQUIRED + ["train.stop_at=50", "optimizer.lr=1e-4", "train.compile=true",
+                                      "eval.prompts=[a, b]", "eval.top_k=null", "deepspeed.overrides.x.y=3"])
+    assert c.train.stop_at == 50 and c.optimizer.lr == 1e-4 and c.train.compile is True
+    assert c.eval.prompts == ["a", "b"] and c.eval.top_k is None and c.deepspeed.overrides == {"x": {"y": 3}}
+    assert c.train.micro_batch_size == 4 and c.train.global_batch_size == Config().train.global_batch_size
+
+
+def test_pyyaml_exponent_without_dot_is_a_float(tmp_path):
+    # PyYAML reads `3e-3` as the string "3e-3"; a float key takes it as the number it means.
+    c = load_config(write_yaml(tmp_path, "optimizer:\n  lr: 3e-3\n"), REQUIRED)
+    assert c.optimizer.lr == 0.003
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = load_config(ROOT / "configs" / "tiny.yaml", ["train.stop_at=20", "deepspeed.zero_stage=3"])
+    save_config(c, tmp_path / "config.yaml", header="resolved")
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["logging"]["peak_tflops"] is None and written["model"]["rope_theta"] == 10000.0  # defaults filled
+    assert load_config(tmp_path / "config.yaml") == c
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.max_stepz=3"], "train.max_stepz: unknown key"),
+    (["trian.max_steps=3"], "trian: unknown key"),
+    (["train.max_steps=many"], "train.max_steps: expected int, got 'many'"),
+    (["train.compile=1"], "train.compile: expected bool"),
+    (["eval.prompts=hello"], "eval.prompts: expected a list of str"),
+    (["train.dtype=fp16"], "train.dtype: expected one of ['auto', 'bf16', 'fp32']"),
+    (["model.num_attention_heads=7"], "model.num_attention_heads: 7 does not divide hidden_size"),
+    (["train.global_batch_size=12", "train.micro_batch_size=8"], "train.global_batch_size: must be a multiple of"),
+    (["train.stop_at=101"], "train.stop_at: must be in 1..train.max_steps (100)"),
+    (["schedule.warmup_steps=90"], "schedule.warmup_steps: must end before the decay starts (step 80"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage: must be 0, 1, 2 or 3"),
+    (["optimizer.no_decay=[norm, head]"], "optimizer.no_decay: entries must be among"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas: must be two numbers"),
+    (["data.path=null"], "data.path: expected str, got None"),
+    (["train.max_steps"], "--set train.max_steps: expected KEY=VALUE"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(UserError) as info:
+        load_config(None, REQUIRED + overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_required_keys():
+    with pytest.raises(UserError, match=r"^data.path: required"):
+        load_config(None, ["train.out_dir=run", "train.max_steps=100"])
+
+
+def test_batch_divisibility_depends_on_world_size():
+    overrides = REQUIRED + ["train.micro_batch_size=4", "train.global_batch_size=8"]
+    assert load_config(None, overrides, world_size=2).train.gradient_accumulation_steps(2) == 1
+    with pytest.raises(UserError, match="train.micro_batch_size x world size = 4 x 3"):
+        load_config(None, overrides, world_size=3)
+
+
+def test_override_into_scalar_is_refused():
+    with pytest.raises(UserError, match="train.max_steps is not a section"):
+        apply_override({"train": {"max_steps": 3}}, "train.max_steps.x=1")
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path):
+    path = write_yaml(tmp_path, "model:\n  hidden_size: 100\n  num_attention_heads: 9\n")
+    result = subprocess.run(smollm2_cmd("train", "--config", path, "--set", *REQUIRED), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "smollm2 train: error: model.num_attention_heads: 9 does not divide hidden_size 100"

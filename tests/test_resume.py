@@ -1,0 +1,56 @@
+"""Exact resume: N steps straight and N/2 + resume N/2 log bit-identical losses (2 processes, accumulation 2).
+
+ZeRO 1 goes through `train.stop_at` and `--resume auto` in the same run directory; ZeRO 2 and 3 resume
+(`--resume PATH`) from the mid-run checkpoint of the straight run into a new directory.
+"""
+import pytest
+from test_train import read_rows, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+STEPS = 8
+
+
+def losses(run_dir):
+    return [(row["step"], row["loss"], row["lr"], row["grad_norm"]) for row in read_rows(run_dir, "loss")]
+
+
+def straight_run(tiny_data, run_dir, zero_stage):
+    run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={STEPS}",
+              f"deepspeed.zero_stage={zero_stage}", f"checkpoint.save_every={STEPS // 2}", "eval.eval_every=0")
+    return losses(run_dir)
+
+
+@pytest.mark.slow
+def test_zero1_stop_and_resume_auto(tiny_data, tmp_path):
+    straight = straight_run(tiny_data, tmp_path / "straight", 1)
+    split = tmp_path / "split"
+    common = [f"data.path={tiny_data}", f"train.out_dir={split}", f"train.max_steps={STEPS}", "deepspeed.zero_stage=1",
+              "eval.eval_every=0"]
+    first = run_train(2, *common, f"train.stop_at={STEPS // 2}")
+    assert (split / "checkpoints" / "latest").read_text() == f"step_{STEPS // 2:08d}"
+    assert "eval step 4:" in first.stdout  # the end of a job evaluates too
+    second = run_train(2, *common)
+    assert f"resuming from {split / 'checkpoints' / 'step_00000004'} at step 4" in second.stdout
+    assert losses(split) == straight
+    assert [r["step"] for r in read_rows(split, "eval_loss")] == [4, 8]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_resume_from_a_mid_run_checkpoint(tiny_data, tmp_path, zero_stage):
+    straight = straight_run(tiny_data, tmp_path / "straight", zero_stage)
+    resumed = tmp_path / "resumed"
+    run_train(2, f"data.path={tiny_data}", f"train.out_dir={resumed}", f"train.max_steps={STEPS}",
+              f"deepspeed.zero_stage={zero_stage}", "eval.eval_every=0",
+              resume=str(tmp_path / "straight" / "checkpoints" / f"step_{STEPS // 2:08d}"))
+    assert losses(resumed) == straight[STEPS // 2:]
+
+
+@pytest.mark.slow
+def test_zero_checkpoint_refuses_another_world_size(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=2", "train.stop_at=1",
+              "deepspeed.zero_stage=2", "eval.eval_every=0", "train.global_batch_size=4", "train.micro_batch_size=2")
+    result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=2",
+                       "deepspeed.zero_stage=2", "train.global_batch_size=4", "train.micro_batch_size=2", check=False)
+    assert result.returncode == 2
+    assert "written by 2 ranks with ZeRO stage 2, cannot resume on 1" in result.stderr

@@ -11,9 +11,10 @@ setup(
     # Ranges, not pins: a cluster's own CUDA build of torch must satisfy them.
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.15",
+        "deepspeed>=0.17.2",  # torch_autocast in the DeepSpeed config (bf16 compute, fp32 weights)
         "datasets>=3.0",
-        "tokenizers>=0.20",
+        "tokenizers>=0.21",  # DecodeStream (streaming generation output)
+        "huggingface_hub>=0.23",  # split_torch_state_dict_into_shards for sharded safetensors
         "tensorboard>=2.15",
         "pyyaml>=6.0",
         "safetensors>=0.4",

@@ -9,14 +9,17 @@ training step (forward, backward, optimizer step with clipping) on random tokens
   zero       DeepSpeed ZeRO stage 0 / 1 / 2
   compile    none | layers (each decoder layer, torchtitan-style) | model (the whole module, which
              is what DeepSpeed's `engine.compile()` does)
-  loss       plain (logits.float() + F.cross_entropy) | fused (smollm2.ops.causal_lm_loss, chunked)
-  micro-batch, activation checkpointing (off / every N layers / selective), SDPA backend
+  loss       plain (logits.float() + F.cross_entropy) | fused (model(..., targets=): smollm2.ops, chunked)
+  micro-batch, activation checkpointing (off / every N layers / selective), SDPA backend,
+  gradient clipping by DeepSpeed or by torch (foreach), residual stream in bf16 or fp32 under autocast
+  (the first exploration ran before the model cast it to bf16: its autocast rows have an fp32 stream)
 
 and prints tokens/s, MFU (design.md's formula against the bf16 matmul rate measured here and against
 the 989 TFLOP/s datasheet), peak memory and the forward / backward / optimizer split (CUDA events;
 warm-up steps excluded). With the fused loss the LM head's backward runs inside forward.
 
     python bench/step_explore.py --out DIR [--deadline-s 300] [--only NAME ...]
+    python bench/step_explore.py --out DIR --only ds0-autocast-foreachclip ...  # follow-up variants
     python bench/step_explore.py --tiny --out DIR          # CPU check of every code path
     python bench/step_explore.py --table DIR/explore.jsonl # print the table again
 
@@ -39,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,7 +64,7 @@ class Variant:
     ac: str = "off"  # "off" | "1" | "2" | "selective"
     sdpa: str = "default"  # "default" | "flash" | "cudnn" | "efficient"
     clip: str = "engine"  # "engine": DeepSpeed's gradient_clipping | "foreach": torch's, before engine.step
-    residual: str = "input"  # "input": the embedding's dtype | "autocast": embeddings cast to the autocast dtype
+    residual: str = "autocast"  # under autocast, the residual stream in "autocast" dtype (the model's default) | "fp32"
 
 
 def base_variants() -> list[Variant]:
@@ -84,8 +88,8 @@ def followup_variants() -> list[Variant]:
     foreach = replace(best, name="ds0-autocast-foreachclip", clip="foreach")
     return [
         foreach,
-        replace(foreach, name="ds0-autocast-foreachclip-bf16res", residual="autocast"),
-        replace(foreach, name="ds0-autocast-foreachclip-bf16res-mb256", residual="autocast", micro_batch=256),
+        replace(foreach, name="ds0-autocast-foreachclip-fp32res", residual="fp32"),
+        replace(foreach, name="ds0-autocast-foreachclip-mb256", micro_batch=256),
         replace(foreach, name="ds0-autocast-foreachclip-flash", sdpa="flash"),
     ]
 
@@ -105,36 +109,18 @@ def sweep_variants(best: Variant) -> list[Variant]:
 
 
 class TrainStep(nn.Module):
-    """Our model plus the loss a variant asks for; DeepSpeed wraps this module."""
+    """Our model plus the loss a variant asks for, on (inputs, next tokens) as the trainer's data gives them."""
 
     def __init__(self, model: SmolLM2ForCausalLM, loss: str) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.loss == "plain":
-            return self.model(input_ids, labels=labels).loss
-        hidden, _ = self.model.model(input_ids)
-        return ops.causal_lm_loss(hidden, self.model.lm_head.weight, labels)
-
-
-class SelectiveCheckpointLayer(nn.Module):
-    """A decoder layer whose elementwise ops are recomputed in backward (ops.selective_checkpoint)."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, *args):
-        return ops.selective_checkpoint(self.layer, *args)
-
-
-def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
-    """Under autocast, the residual stream in the autocast dtype (bf16) instead of fp32."""
-    if torch.is_autocast_enabled(x.device.type):
-        return x.to(torch.get_autocast_dtype(x.device.type))
-    return x
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss == "plain":  # the logits, then cross-entropy in fp32
+            logits = self.model(input_ids).logits
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.model(input_ids, targets=targets).loss  # chunked: smollm2.ops.fused_linear_cross_entropy
 
 
 def sdpa_context(backend: str):
@@ -191,10 +177,8 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
     if variant.ac in ("1", "2"):
         model.set_activation_checkpointing(int(variant.ac))
     elif variant.ac == "selective":
-        model.model.layers = nn.ModuleList(SelectiveCheckpointLayer(layer) for layer in model.model.layers)
-    if variant.residual == "autocast":
-        embed = model.model.embed_tokens
-        embed.forward = lambda ids, _forward=embed.forward: to_autocast_dtype(_forward(ids))
+        model.set_activation_checkpointing(1, selective=True)
+    model.model.autocast_residual = variant.residual == "autocast"
     if variant.compile == "layers":
         for layer in model.model.layers:
             layer.compile()
@@ -208,9 +192,9 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
         optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01,
                                       fused=device.type == "cuda")
 
-        def step(ids: torch.Tensor, clock: Clock) -> torch.Tensor:
+        def step(ids: torch.Tensor, targets: torch.Tensor, clock: Clock) -> torch.Tensor:
             with autocast:
-                loss = forward(ids, ids)
+                loss = forward(ids, targets)
             clock.mark()
             loss.backward()
             clock.mark()
@@ -241,8 +225,8 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
     if variant.compile == "model":
         engine.compile()
 
-    def step(ids: torch.Tensor, clock: Clock) -> torch.Tensor:
-        loss = engine(ids, ids)
+    def step(ids: torch.Tensor, targets: torch.Tensor, clock: Clock) -> torch.Tensor:
+        loss = engine(ids, targets)
         clock.mark()
         engine.backward(loss)
         clock.mark()
@@ -260,18 +244,18 @@ def run_variant(variant: Variant, config: SmolLM2Config, device: torch.device, p
         torch.cuda.reset_peak_memory_stats()
     t_build = time.perf_counter()
     step, module, engine = build(variant, config, device)
-    batches = torch.randint(0, config.vocab_size, (4, variant.micro_batch, seq), device=device)
+    batches = torch.randint(0, config.vocab_size, (4, variant.micro_batch, seq + 1), device=device)
     with sdpa_context(variant.sdpa):
         t_warm = time.perf_counter()
         for i in range(warmup):
-            loss = step(batches[i % 4], Clock(device))
+            loss = step(batches[i % 4, :, :-1], batches[i % 4, :, 1:], Clock(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t_warm
         clock = Clock(device)
         for i in range(steps):
             clock.mark()
-            loss = step(batches[i % 4], clock)
+            loss = step(batches[i % 4, :, :-1], batches[i % 4, :, 1:], clock)
         clock.mark()
         marks = clock.elapsed_ms()
         if profile_to is not None:
@@ -302,7 +286,7 @@ def profile(step, batches: torch.Tensor, device: torch.device, path: Path) -> No
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         for i in range(2):
-            step(batches[i % 4], Clock(device))
+            step(batches[i % 4, :, :-1], batches[i % 4, :, 1:], Clock(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -262,16 +262,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--baseline: run the baseline on one GPU (world size is "
                         f"{env.world_size}); it has no data-parallel setup to compare with")
     rows: list[dict[str, Any]] = []
-    device = peak = None
+    errors: list[dict[str, Any]] = []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = None
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
         for label, extra in vary_overrides(args.vary):
             # Last, so it wins: a bench never writes into a real run directory.
             overrides = [*args.overrides, *extra, f"train.out_dir={run_dir}/{len(rows)}"]
             config = load_config(args.config, overrides, env.world_size)
-            row = run_trainer(config, env, args.warmup, args.steps)
-            row["name"] = f"trainer {label}".strip()
+            name = f"trainer {label}".strip()
+            try:
+                row = run_trainer(config, env, args.warmup, args.steps)
+            except torch.cuda.OutOfMemoryError:  # a result too, in a table of memory settings
+                release_memory()
+                errors.append({"name": name, "error": "CUDA out of memory"})
+                continue
+            row["name"] = name
             rows.append(row)
-            device, peak = torch.device("cuda" if torch.cuda.is_available() else "cpu"), row["peak_tflops"]
+            peak = row["peak_tflops"]
+        if peak is None:
+            raise RuntimeError(f"every configuration ran out of memory: {errors}")
         if args.baseline:
             micro = args.baseline_micro_batch or config.train.micro_batch_size
             rows.append(run_baseline(config, micro, args.baseline, device, peak, args.warmup, args.steps))
@@ -281,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "config": str(args.config), "overrides": args.overrides, "vary": args.vary, "steps": args.steps,
         "warmup": args.warmup, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows,
+        "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows, "errors": errors,
     }
     if args.baseline:
         result["speedup_vs_baseline"] = {r["name"]: r["tokens_per_s"] / rows[-1]["tokens_per_s"] for r in rows[:-1]}
@@ -289,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
               + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed micro-steps")
         print(format_table(rows))
+        for error in errors:
+            print(f"{error['name']}: {error['error']}")
         for name, ratio in result.get("speedup_vs_baseline", {}).items():
             print(f"{name}: {ratio:.2f}x the {rows[-1]['name']} baseline")
         if args.out:

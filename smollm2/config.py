@@ -156,8 +156,9 @@ class Config:
         _check(t.global_batch_size % per_step == 0, "train.global_batch_size",
                f"must be a multiple of train.micro_batch_size x world size = {t.micro_batch_size} x {world_size}",
                t.global_batch_size)
-        _check(0 <= t.activation_checkpointing <= self.model.num_hidden_layers, "train.activation_checkpointing",
-               f"must be 0 (off) .. model.num_hidden_layers ({self.model.num_hidden_layers})", t.activation_checkpointing)
+        layers = self.model.num_hidden_layers
+        _check(0 <= t.activation_checkpointing <= layers, "train.activation_checkpointing",
+               f"must be 0 (off) .. model.num_hidden_layers ({layers})", t.activation_checkpointing)
         _check(o.lr > 0, "optimizer.lr", "must be > 0", o.lr)
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
                "must be two numbers in [0, 1)", o.betas)
@@ -307,11 +308,14 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def config_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=120)
+
+
 def save_config(config: Config, path: str | os.PathLike, header: str = "") -> None:
     """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
     path = Path(path)
-    text = "".join(f"# {line}\n" for line in header.splitlines())
-    text += yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=120)
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + config_yaml(config)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

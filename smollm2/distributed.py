@@ -25,6 +25,7 @@ its own MPI discovery, which would rendezvous on the machine's first non-loopbac
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import subprocess
@@ -47,10 +48,22 @@ class DistEnv:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A port nothing listens on now, picked below Linux's ephemeral range (32768+).
+
+    The port is bound again only later, when rank 0 opens the rendezvous store after its imports and
+    setup; a port the kernel picked (bind to 0) lies in the ephemeral range, where the kernel may hand it
+    to any outgoing connection meanwhile (gloo opens many), and then the store fails with EADDRINUSE.
+    """
+    chooser = random.Random()  # seeded from the OS: the training RNGs are left alone
+    while True:
+        port = chooser.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
 
 
 def _int_env(*names: str) -> int | None:
@@ -109,7 +122,7 @@ def _mpi4py_rendezvous() -> tuple[int, int, int, str, int]:
     # rank rendezvous on loopback; across hosts, on rank 0's host name.
     choice = None
     if rank == 0:
-        choice = ("127.0.0.1" if single_host else socket.gethostname(), _free_port())
+        choice = ("127.0.0.1" if single_host else socket.gethostname(), free_port())
     addr, port = comm.bcast(choice, root=0)
     return rank, world, local_rank, addr, port
 
@@ -135,7 +148,11 @@ def _slurm_env() -> DistEnv:
 
 
 def discover() -> DistEnv:
-    """Reads the launcher's environment; sets the env:// variables torch.distributed needs."""
+    """Reads the launcher's environment; sets the env:// variables torch.distributed needs.
+
+    Call it once per process, before joining the process group (under MPI every rank must call it: the
+    rendezvous is agreed collectively). A second call reads back what the first wrote (launcher "env").
+    """
     if _int_env("RANK") is not None and _int_env("WORLD_SIZE") is not None:
         env = DistEnv(_int_env("RANK"), _int_env("WORLD_SIZE"), _int_env("LOCAL_RANK") or 0, "env")
     elif _int_env("OMPI_COMM_WORLD_RANK") is not None:
@@ -146,7 +163,7 @@ def discover() -> DistEnv:
         env = _mpi_env()
     else:
         env = DistEnv(0, 1, 0, "single")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not (0 <= env.rank < env.world_size and 0 <= env.local_rank <= env.rank):
         raise UserError(f"launcher ({env.launcher}) gave rank {env.rank}, local rank {env.local_rank}, "
                         f"world size {env.world_size}: expected 0 <= local rank <= rank < world size")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 TENSORBOARD_TAGS = {
     "loss": "train/loss",
@@ -90,6 +91,7 @@ class MetricsLogger:
             self.writer.flush()
 
     def log_text(self, tag: str, text: str, step: int) -> None:
+        """TensorBoard text only (e.g. the resolved config)."""
         if self.enabled and self.writer is not None:
             self.writer.add_text(tag, text, step)
 
@@ -147,7 +149,8 @@ def peak_memory_gib(device: torch.device) -> float:
 def measure_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
     """This device's dense matmul rate in `dtype`: the MFU denominator when none is configured.
 
-    Square matmuls big enough to keep the device busy (8192 on GPU, 512 on CPU), timed after a warmup.
+    Square products as the model computes them (F.linear, which on CPU takes oneDNN's bf16 kernels where
+    a plain bf16 `@` may not), big enough to keep the device busy: 8192 on GPU, 512 on CPU.
     """
     n = 8192 if device.type == "cuda" else 512
     generator = torch.Generator(device=device).manual_seed(0)  # leaves the training RNG untouched
@@ -158,11 +161,12 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    a @ b
+    for _ in range(3):  # kernel selection, clocks ramping up
+        F.linear(a, b)
     sync()
     iterations, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        a @ b
+        F.linear(a, b)
         sync()
         iterations += 1
     return 2 * n**3 * iterations / elapsed / 1e12

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from smollm2 import ops
 from smollm2.errors import UserError
 
 # One layer's KV cache: (keys, values), each [batch, num_key_value_heads, seq, head_dim], before repeat_kv.
@@ -389,6 +390,8 @@ class SmolLM2Model(nn.Module):
         self.norm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = SmolLM2RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
         self.checkpoint_every_n_layers = 0
+        self.checkpoint_selective = False  # checkpointed layers keep their matmul outputs (ops.selective_checkpoint)
+        self.autocast_residual = True  # under autocast, the residual stream in the autocast dtype (else fp32)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 past_key_values: Sequence[LayerCache] | None = None, use_cache: bool = False,
@@ -397,6 +400,10 @@ class SmolLM2Model(nn.Module):
         batch, seq_len = input_ids.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
         hidden_states = self.embed_tokens(input_ids)
+        if self.autocast_residual and torch.is_autocast_enabled(input_ids.device.type):
+            # The residual stream in the autocast dtype, as with bf16 weights: an fp32 stream would double
+            # the bytes of every norm and residual add (measured on an H200: bench/RESULTS.md).
+            hidden_states = hidden_states.to(torch.get_autocast_dtype(input_ids.device.type))
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=input_ids.device).unsqueeze(0)
             cos, sin = self.rotary_emb(hidden_states, past_len + seq_len)
@@ -407,7 +414,10 @@ class SmolLM2Model(nn.Module):
         presents = []
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None
-            if checkpoint_every and i % checkpoint_every == 0:
+            if checkpoint_every and i % checkpoint_every == 0 and self.checkpoint_selective:
+                hidden_states, present = ops.selective_checkpoint(layer, hidden_states, cos, sin, position_ids,
+                                                                  mask, past, use_cache)
+            elif checkpoint_every and i % checkpoint_every == 0:
                 hidden_states, present = checkpoint(layer, hidden_states, cos, sin, position_ids, mask, past,
                                                     use_cache, use_reentrant=False)
             else:
@@ -437,7 +447,7 @@ def _attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: in
 
 @dataclass
 class SmolLM2Output:
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None on the `targets=` training path
     loss: torch.Tensor | None = None
     past_key_values: tuple[LayerCache, ...] | None = None
 
@@ -474,9 +484,18 @@ class SmolLM2ForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values: Sequence[LayerCache] | None = None,
-                use_cache: bool = False, position_ids: torch.Tensor | None = None) -> SmolLM2Output:
-        """`labels` are aligned with `input_ids` (HF convention): token t predicts labels[t + 1]; -100 is ignored."""
+                use_cache: bool = False, position_ids: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> SmolLM2Output:
+        """`labels` are aligned with `input_ids` (HF convention): token t predicts labels[t + 1]; -100 is ignored.
+
+        `targets` are the next tokens already shifted (targets[:, t] follows input_ids[:, t], as the packed
+        data gives them; -100 ignored): the training path. The loss then comes from the hidden states in
+        chunks (ops.fused_linear_cross_entropy), the [B, L, vocab] logits are never made, and `.logits` is None.
+        """
         hidden_states, presents = self.model(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+        if targets is not None:
+            loss = ops.fused_linear_cross_entropy(hidden_states.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return SmolLM2Output(logits=None, loss=loss, past_key_values=presents)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
@@ -485,11 +504,16 @@ class SmolLM2ForCausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return SmolLM2Output(logits=logits, loss=loss, past_key_values=presents)
 
-    def set_activation_checkpointing(self, every_n_layers: int) -> None:
-        """Recompute activations in backward for every N-th layer (0: off, 1: all layers)."""
+    def set_activation_checkpointing(self, every_n_layers: int, selective: bool = False) -> None:
+        """Recompute activations in backward for every N-th layer (0: off, 1: all layers).
+
+        `selective`: those layers keep their matmul and attention outputs and recompute only the
+        elementwise ops (norms, RoPE, SwiGLU): most of the memory saved for a few % of speed.
+        """
         if every_n_layers < 0:
             raise ValueError(f"every_n_layers must be >= 0, got {every_n_layers}")
         self.model.checkpoint_every_n_layers = every_n_layers
+        self.model.checkpoint_selective = selective
 
     def num_parameters(self) -> int:
         """Unique parameters: the tied LM head shares the embedding and counts once."""

@@ -1,15 +1,16 @@
 """Fast paths for the training step, each a drop-in for a plain PyTorch expression and tested against it.
 
-- `fused_linear_cross_entropy` / `causal_lm_loss`: the LM head and cross-entropy in token chunks, so the
+- `fused_linear_cross_entropy`: the LM head and cross-entropy in token chunks, so the
   [tokens, vocab] logits never exist whole and never in float32. SmolLM2's head is 49152 wide: at
   micro-batch 128 x 512 tokens the plain `F.cross_entropy(logits.float())` holds 6.4 GB of bf16 logits,
   12.9 GB of their float32 copy and as much again for their gradient, and it is the largest
   memory-bound part of the step. Here each chunk's logits are made, turned into their gradient in one
   fused pass and multiplied back into the hidden-state and weight gradients right away (Liger-Kernel's
   "fused linear cross-entropy" idea, in plain PyTorch: cuBLAS for the matmuls, torch.compile fuses the
-  softmax/gradient pass on CUDA, eager on CPU).
+  softmax/gradient pass on CUDA, eager on CPU). `SmolLM2ForCausalLM.forward(..., targets=)` uses it.
 - `selective_checkpoint`: activation checkpointing that keeps the matmul and attention outputs and
-  recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward.
+  recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward
+  (`SmolLM2ForCausalLM.set_activation_checkpointing(n, selective=True)`).
 
 Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it.
 """
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 # Tokens per chunk: 8192 x 49152 bf16 logits are 0.8 GB, enough to keep the matmuls efficient.
 DEFAULT_CHUNK_TOKENS = 8192
@@ -108,15 +108,6 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         weight = weight.to(hidden.dtype)
     with torch.autocast(device_type, enabled=False):
         return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, ignore_index)
-
-
-def causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, *,
-                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
-    """SmolLM2ForCausalLM's loss from the final hidden states [B, L, H]: labels aligned with the inputs
-    (token t predicts labels[t + 1], -100 ignored), as the model's plain path computes it."""
-    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    return fused_linear_cross_entropy(hidden_states.reshape(-1, hidden_states.shape[-1]), lm_head_weight,
-                                      targets.reshape(-1), chunk_tokens=chunk_tokens)
 
 
 # Ops whose outputs selective checkpointing keeps: the expensive ones (matmuls, attention kernels).

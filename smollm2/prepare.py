@@ -25,10 +25,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smollm2.errors import UserError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Text handed to the tokenizer at once: enough documents for every core, bounded memory for its output.
@@ -183,7 +187,8 @@ class TokenizeStats:
     num_bytes: int  # UTF-8 bytes of document text read
 
 
-def tokenize_to_stream(sources: list[Source], tok, eos_id: int, dtype: np.dtype, out_path: Path) -> TokenizeStats:
+def tokenize_to_stream(sources: list[Source], tok: Tokenizer, eos_id: int, dtype: np.dtype,
+                       out_path: Path) -> TokenizeStats:
     """Pass 1: every document's ids followed by EOS, one flat stream in `out_path`."""
     from tqdm import tqdm
 

@@ -11,8 +11,9 @@
 Our own state rides in DeepSpeed's client state under the key "smollm2" (see Trainer.state_dict):
 step, consumed samples, every rank's RNG states, the model config and the config hash.
 
-Weights: stage 0 keeps them whole in mp_rank_00_model_states.pt['module']; stages 1-3 are consolidated
-with DeepSpeed's own zero_to_fp32 (fp32 master weights), which does not handle stage 0.
+Weights: stage 0 keeps them whole in mp_rank_00_model_states.pt['module'] (in bf16 for a bf16 run: the
+weights it computed with); stages 1-3 are consolidated with DeepSpeed's own zero_to_fp32 (the fp32 master
+weights), which does not handle stage 0.
 """
 from __future__ import annotations
 

@@ -14,9 +14,14 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smollm2.errors import UserError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # ids 0-16 of SmolLM2's tokenizer (HuggingFaceTB/cosmo2-tokenizer), in order.
 SMOLLM2_SPECIAL_TOKENS = [
@@ -38,7 +43,7 @@ def tokenizer_file(path: str | Path) -> Path:
     return path / "tokenizer.json" if path.is_dir() else path
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> Tokenizer:
     """A `tokenizers.Tokenizer` from a tokenizer.json file or a folder holding one."""
     from tokenizers import Tokenizer
 
@@ -52,7 +57,7 @@ def load_tokenizer(path: str | Path):
         raise UserError(f"{file}: not a valid tokenizer.json: {reason}") from None
 
 
-def tokenizer_fingerprint(tok) -> str:
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
     """sha256 of the tokenizer's canonical JSON: the parts that decide the ids, keys sorted, unset fields dropped.
 
     null and "" both mean "not set" in tokenizer.json (transformers' GGUF conversion writes
@@ -68,7 +73,7 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def eos_token_id(tok) -> int:
+def eos_token_id(tok: Tokenizer) -> int:
     """The id that `prepare` appends after every document."""
     for token in END_OF_DOCUMENT_TOKENS:
         token_id = tok.token_to_id(token)
@@ -77,7 +82,8 @@ def eos_token_id(tok) -> int:
     raise UserError(f"tokenizer has no end-of-document token (looked for {', '.join(END_OF_DOCUMENT_TOKENS)})")
 
 
-def build_bpe_tokenizer(texts, vocab_size: int = 49152, min_frequency: int = 0, show_progress: bool = False):
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 49152, min_frequency: int = 0,
+                        show_progress: bool = False) -> Tokenizer:
     """Train a SmolLM2-style byte-level BPE on an iterable of strings."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smollm2.config import Config, config_hash, load_config, save_config
+from smollm2.config import Config, config_hash, config_yaml, load_config, save_config
 from smollm2.distributed import DistEnv, discover
 from smollm2.errors import UserError
 from smollm2.evaluate import generate_samples, next_token_loss, perplexity, validation_loss
@@ -135,10 +135,9 @@ class Trainer:
                             f"ends documents with id {self.eos_id}")
         fingerprint = tokenizer_fingerprint(self.tokenizer)
         block_size = config.model.block_size
-        self.train_data = PackedTokenDataset(data_dir / "train.bin", block_size, expected_vocab_size=config.model.vocab_size,
-                                             expected_fingerprint=fingerprint)
-        self.val_data = PackedTokenDataset(data_dir / "val.bin", block_size, expected_vocab_size=config.model.vocab_size,
-                                           expected_fingerprint=fingerprint)
+        self.train_data, self.val_data = (
+            PackedTokenDataset(data_dir / name, block_size, expected_vocab_size=config.model.vocab_size,
+                               expected_fingerprint=fingerprint) for name in ("train.bin", "val.bin"))
         model = build_model(config, fingerprint)
         self.flops_per_token = model.flops_per_token(block_size)
         self.num_parameters = model.num_parameters()
@@ -166,6 +165,7 @@ class Trainer:
         # Rows past the step we start from (a crashed job's, or an older run's) are dropped.
         self.metrics = MetricsLogger(self.run_dir, enabled=env.is_main, tensorboard=config.logging.tensorboard,
                                      start_step=self.step)
+        self.metrics.log_text("config", f"```\n{config_yaml(config)}```", self.step)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -218,9 +218,13 @@ class Trainer:
         self._print_header(stop)
         batches = self._batches()
         window = _Window(self.device)
+        # DeepSpeed reports no gradient norm for plain fp32 data parallelism (stage 0 without bf16);
+        # there the averaged gradients sit in .grad between the last backward and the optimizer step.
+        norm_from_grads = self.config.deepspeed.zero_stage == 0 and self.dtype == torch.float32
         while self.step < stop:
             lr = self.engine.get_lr()[0]
-            for _ in range(self.accumulation):
+            log_now = (self.step + 1) % self.config.logging.log_every == 0 or self.step + 1 == stop
+            for micro in range(self.accumulation):
                 started = time.perf_counter()
                 input_ids, labels = next(batches)
                 window.data_wait += time.perf_counter() - started
@@ -228,14 +232,19 @@ class Trainer:
                 labels = labels.to(self.device, non_blocking=True)
                 loss = next_token_loss(self.engine(input_ids).logits, labels)
                 self.engine.backward(loss)
+                if log_now and norm_from_grads and micro == self.accumulation - 1:
+                    grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
                 self.engine.step()
                 window.loss_sum += loss.detach()
                 window.micro_batches += 1
             self.step += 1
             self.consumed_samples += t.global_batch_size
             window.steps += 1
-            if self.step % self.config.logging.log_every == 0 or self.step == stop:
-                self._log(window, lr, stop)
+            if log_now:
+                if not norm_from_grads:
+                    grad_norm = self.engine.get_global_grad_norm()
+                self._log(window, lr, grad_norm, stop)
                 window = _Window(self.device)
             eval_every = self.config.eval.eval_every
             if (eval_every and self.step % eval_every == 0) or self.step == stop:
@@ -248,14 +257,13 @@ class Trainer:
             print(f"done: step {self.step}; run directory {self.run_dir}; "
                   f"TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}", flush=True)
 
-    def _log(self, window: _Window, lr: float, stop: int) -> None:
+    def _log(self, window: _Window, lr: float, grad_norm: float | torch.Tensor | None, stop: int) -> None:
         loss = window.loss_sum.clone()
         torch.distributed.all_reduce(loss)
         elapsed = time.perf_counter() - window.started - window.paused
         tokens_per_s = window.steps * self.config.train.global_batch_size * self.config.model.block_size / elapsed
         flops_per_device = tokens_per_s / self.env.world_size * self.flops_per_token
         datasheet = self.config.logging.datasheet_tflops
-        grad_norm = self.engine.get_global_grad_norm()
         row = {
             "loss": loss.item() / (window.micro_batches * self.env.world_size),
             "lr": lr,
@@ -286,7 +294,7 @@ class Trainer:
         self.metrics.log_samples(self.step, samples)
         self._print(f"eval step {self.step}: val loss {loss:.4f} | ppl {perplexity(loss):.2f}")
         for prompt, text in samples:
-            self._print(f"  sample: {prompt}{text!r}"[:400])
+            self._print(f"  sample: {prompt + text!r}")
 
     def save(self) -> None:
         root, tag = self.run_dir / CHECKPOINTS, checkpoint_tag(self.step)
@@ -325,9 +333,10 @@ class Trainer:
     def _print_header(self, stop: int) -> None:
         t, c = self.config.train, self.config
         start = f"resuming from {self.resumed_from.path} at step {self.step}" if self.resumed_from else "starting"
+        dtype = str(self.dtype).removeprefix("torch.")
         self._print(
             f"{start}: {self.num_parameters:,} parameters, {self.env.world_size} rank(s) on {self.device.type} "
-            f"({self.env.launcher}), ZeRO {c.deepspeed.zero_stage}, {str(self.dtype).removeprefix('torch.')}, micro-batch {t.micro_batch_size} x "
+            f"({self.env.launcher}), ZeRO {c.deepspeed.zero_stage}, {dtype}, micro-batch {t.micro_batch_size} x "
             f"accumulation {self.accumulation} x {self.env.world_size} = {t.global_batch_size} samples = "
             f"{t.global_batch_size * c.model.block_size:,} tokens per step, steps {self.step} -> {stop} of "
             f"{t.max_steps}; MFU against {self.peak_tflops:.3g} TFLOP/s per device"

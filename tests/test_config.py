@@ -107,3 +107,37 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "smollm2 train: error: model.num_attention_heads: 9 does not divide hidden_size 100"
+
+
+def test_deepspeed_config_from_ours(tmp_path):
+    import json
+
+    import torch
+
+    from smollm2.engine import deepspeed_config
+
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"overlap_comm": True, "stage": 2},
+                                                   "steps_per_print": 5}))
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"deepspeed.overrides_file={tmp_path / 'ds.json'}",
+                                                          "deepspeed.overrides.zero_optimization.stage=3"])
+    ds = deepspeed_config(config, world_size=1, dtype=torch.bfloat16)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 8, 2)
+    assert ds["gradient_clipping"] == 1.0 and ds["bf16"] == {"enabled": True} and ds["steps_per_print"] == 5
+    assert ds["zero_optimization"] == {"stage": 3, "overlap_comm": True}  # file merged, then `overrides`
+
+
+def test_no_weight_decay_on_norms_and_the_tied_embedding():
+    from smollm2.engine import param_groups
+    from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
+
+    model = SmolLM2ForCausalLM(SmolLM2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1, block_size=8,
+                                             max_position_embeddings=8))
+    decay, keep = param_groups(model, 0.01, ["norm", "embedding"])
+    assert decay["weight_decay"] == 0.01 and keep["weight_decay"] == 0.0
+    assert {id(p) for p in keep["params"]} == {id(model.model.embed_tokens.weight), id(model.model.norm.weight)} | {
+        id(m.weight) for layer in model.model.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)}
+    assert len(decay["params"]) == 2 * 7 and all(p.ndim == 2 for p in decay["params"])  # q k v o gate up down
+    assert sum(p.numel() for g in (decay, keep) for p in g["params"]) == model.num_parameters()
+    (everything,) = param_groups(model, 0.01, [])
+    assert len(everything["params"]) == len(list(model.parameters()))

@@ -88,36 +88,55 @@ def tiny_model(seed=0):
     return SmolLM2ForCausalLM(config)
 
 
-def test_causal_lm_loss_matches_the_models_own_loss_and_gradients():
-    """Through the whole model: the tied embedding gets the LM head's gradient from the fused path too."""
+def loss_and_grads(model, loss):
+    return loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+
+def assert_same_grads(model, expected, got, rel=1e-4):
+    for (name, _), e, g in zip(model.named_parameters(), expected, got):
+        assert rel_err(g, e) < rel, name
+
+
+def test_model_targets_path_matches_logits_then_cross_entropy():
+    """model(ids, targets=) (fused, no logits) against the trainer's plain path, through the whole model:
+    the tied embedding also gets the LM head's gradient from the fused path."""
     model = tiny_model()
-    ids = torch.randint(0, 256, (3, 16))
-    labels = ids.clone()
-    labels[0, :5] = -100
-    plain = model(ids, labels=labels).loss
-    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    hidden, _ = model.model(ids)
-    fused = ops.causal_lm_loss(hidden, model.lm_head.weight, labels, chunk_tokens=10)
-    fused_grads = torch.autograd.grad(fused, list(model.parameters()))
-    assert abs(fused.item() - plain.item()) < 1e-5
-    for (name, _), p, f in zip(model.named_parameters(), plain_grads, fused_grads):
-        assert rel_err(f, p) < 1e-4, name
+    window = torch.randint(0, 256, (3, 17))
+    ids, targets = window[:, :-1], window[:, 1:].clone()
+    targets[0, :5] = -100
+    logits = model(ids).logits
+    plain = loss_and_grads(model, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()))
+    out = model(ids, targets=targets)
+    assert out.logits is None
+    fused = loss_and_grads(model, out.loss)
+    assert abs(fused[0].item() - plain[0].item()) < 1e-5
+    assert_same_grads(model, plain[1], fused[1])
 
 
-def test_selective_checkpoint_matches_plain_forward_and_backward():
+def test_selective_checkpointing_matches_no_checkpointing():
     model = tiny_model(1)
     ids = torch.randint(0, 256, (2, 16))
-    expected_loss = model(ids, labels=ids).loss
-    expected = torch.autograd.grad(expected_loss, list(model.parameters()))
-    layers = model.model.layers
-    originals = [layer.forward for layer in layers]
-    for layer, forward in zip(layers, originals):
-        layer.forward = lambda *args, _f=forward: ops.selective_checkpoint(_f, *args)
-    got_loss = model(ids, labels=ids).loss
-    got = torch.autograd.grad(got_loss, list(model.parameters()))
-    assert torch.equal(got_loss, expected_loss)
-    for (name, _), e, g in zip(model.named_parameters(), expected, got):
-        assert torch.allclose(g, e, rtol=1e-5, atol=1e-7), name
+    expected = loss_and_grads(model, model(ids, labels=ids).loss)
+    model.set_activation_checkpointing(1, selective=True)
+    got = loss_and_grads(model, model(ids, labels=ids).loss)
+    assert torch.equal(got[0], expected[0])
+    assert_same_grads(model, expected[1], got[1], rel=1e-5)
+
+
+def test_residual_stream_in_the_autocast_dtype_under_autocast():
+    """Under autocast the decoder layers see bf16 hidden states (as with bf16 weights); fp32 otherwise,
+    and fp32 under autocast when the model's autocast_residual switch is off."""
+    model = tiny_model(2)
+    seen = []
+    model.model.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    ids = torch.randint(0, 256, (2, 16))
+    model(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_loss = model(ids, labels=ids).loss
+        model.model.autocast_residual = False
+        fp32_loss = model(ids, labels=ids).loss
+    assert seen == [torch.float32, torch.bfloat16, torch.float32]
+    assert abs(bf16_loss.item() - fp32_loss.item()) < 2e-2 * fp32_loss.item()
 
 
 def test_selective_checkpoint_keeps_matmul_outputs_and_recomputes_the_rest():

@@ -103,6 +103,7 @@ def test_tensorboard_holds_every_scalar_and_the_samples(two_process_run):
     assert [(s["step"], s["prompt"]) for s in samples] == [(step, p) for step in (8, 16)
                                                           for p in ["Once upon a time", "To be, or not to be",
                                                                     "The meaning of life is"]]
+    assert "hidden_size: 32" in make_ndarray(events.Tensors("config/text_summary")[0].tensor_proto)[0].decode()
     for i in range(3):
         texts = events.Tensors(f"samples/{i}/text_summary")
         assert [t.step for t in texts] == [8, 16]
@@ -121,34 +122,79 @@ def test_run_directory(two_process_run, tiny_data):
     assert (checkpoints / "latest").read_text() == "step_00000016"
 
 
+def load_mini_config(*settings: str):
+    from smollm2.config import load_config
+
+    return load_config(TINY_YAML, [*MINI, *settings])
+
+
 @pytest.mark.slow
 def test_resume_refuses_another_model(two_process_run, tiny_data):
+    from smollm2.errors import UserError
+    from smollm2.run_dir import find_checkpoint
+    from smollm2.trainer import check_resumable
+
     run_dir, _ = two_process_run
-    result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=20",
-                       "model.hidden_size=64", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"smollm2 train: error: model.hidden_size: the config says 64 but checkpoint "
-        f"{run_dir / 'checkpoints' / 'step_00000016'} was trained with 32; a resumed run must keep the model")
+    checkpoint = find_checkpoint(run_dir)
+    config = load_mini_config(f"data.path={tiny_data}", f"train.out_dir={run_dir}", "model.hidden_size=64")
+    with pytest.raises(UserError) as info:
+        check_resumable(checkpoint, config, world_size=2)
+    assert str(info.value) == (f"model.hidden_size: the config says 64 but checkpoint {checkpoint.path} was trained "
+                               "with 32; a resumed run must keep the model")
 
 
 @pytest.mark.slow
-def test_resume_never_refuses_a_run_with_checkpoints(two_process_run, tiny_data):
+def test_resume_never_refuses_a_run_with_checkpoints(two_process_run):
+    from smollm2.errors import UserError
+    from smollm2.trainer import resolve_resume
+
     run_dir, _ = two_process_run
-    result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={run_dir}", resume="never", check=False)
-    assert result.returncode == 2 and "--resume never: " in result.stderr
+    with pytest.raises(UserError, match="--resume never: .* already has checkpoints"):
+        resolve_resume("never", run_dir)
+    assert resolve_resume("auto", run_dir).tag == "step_00000016"
+    assert resolve_resume(str(run_dir / "checkpoints" / "step_00000012"), run_dir).tag == "step_00000012"
 
 
 @pytest.mark.slow
-def test_finished_run_has_nothing_to_do(two_process_run, tiny_data):
+def test_finished_run_has_nothing_to_do(two_process_run, tiny_data, monkeypatch, capsys):
+    from smollm2.trainer import train
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        # train() sets these; registering each with monkeypatch (set, then unset) removes them afterwards,
+        # so later subprocesses are not taken for rank 0 of a launcher.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     run_dir, _ = two_process_run
-    result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=16")
-    assert "step 16: already at train.stop_at/max_steps (16); nothing to do" in result.stdout
+    train(TINY_YAML, [*MINI, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=16"])
+    assert capsys.readouterr().out == "step 16: already at train.stop_at/max_steps (16); nothing to do\n"
 
 
 @pytest.mark.slow
 def test_eos_token_mismatch_is_refused(tiny_data, tmp_path):
-    result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={tmp_path / 'run'}", "model.eos_token_id=1",
-                       check=False)
-    assert result.returncode == 2
-    assert "model.eos_token_id: 1, but" in result.stderr and "ends documents with id 0" in result.stderr
+    from smollm2.distributed import DistEnv
+    from smollm2.errors import UserError
+    from smollm2.trainer import Trainer
+
+    config = load_mini_config(f"data.path={tiny_data}", f"train.out_dir={tmp_path}", "model.eos_token_id=1")
+    with pytest.raises(UserError, match="^model.eos_token_id: 1, but .*tokenizer.json ends documents with id 0$"):
+        Trainer(config, DistEnv(rank=0, world_size=1, local_rank=0, launcher="single"))
+
+
+def test_restarted_logger_drops_the_rows_of_an_interrupted_job(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from smollm2.metrics import MetricsLogger
+
+    crashed = MetricsLogger(tmp_path, enabled=True, tensorboard=True)
+    for step in range(1, 6):
+        crashed.log(step, {"loss": float(step)})
+    crashed.log_samples(5, [("p", "text")])
+    crashed.close()
+    resumed = MetricsLogger(tmp_path, enabled=True, tensorboard=True, start_step=3)  # the checkpoint was at 3
+    resumed.log(4, {"loss": 40.0})
+    resumed.close()
+    assert [(r["step"], r["loss"]) for r in read_rows(tmp_path, "loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert (tmp_path / "samples.jsonl").read_text() == ""
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]

@@ -8,7 +8,7 @@
 #   NPROC=2 bash launch/deepspeed_single_node.sh configs/tiny.yaml --set train.max_steps=50   # 2 CPU ranks
 #
 # Environment:
-#   NPROC        processes to start (default: every visible GPU; on a CPU-only machine, 1)
+#   NPROC        processes to start (default: every visible GPU; without GPUs, one per NUMA node)
 #   MASTER_PORT  rendezvous port on 127.0.0.1 (default 29500); give each concurrent job its own
 # Arguments after CONFIG go to `smollm2 train` as they are. Relative paths, here and in the config,
 # are relative to the current directory. Run it from anywhere, in the environment smollm2 is

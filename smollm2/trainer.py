@@ -200,7 +200,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def _batches(self):
+    def batches(self):
+        """This rank's (input_ids, next tokens) micro-batches from the current data position, endlessly."""
         from smollm2.data import DistributedBlockSampler
 
         t = self.config.train
@@ -212,15 +213,22 @@ class Trainer:
                                              prefetch_factor=4 if workers else None)
         return iter(loader)
 
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch (labels: the next tokens)."""
+        if self.config.train.fused_loss:  # the model's chunked LM head + cross-entropy: no logits tensor
+            return self.engine(input_ids, targets=labels).loss
+        return next_token_loss(self.engine(input_ids).logits, labels)
+
     def fit(self) -> None:
         t = self.config.train
         stop = t.stop_at or t.max_steps
         self._print_header(stop)
-        batches = self._batches()
+        batches = self.batches()
         window = _Window(self.device)
-        # DeepSpeed reports no gradient norm for plain fp32 data parallelism (stage 0 without bf16);
-        # there the averaged gradients sit in .grad between the last backward and the optimizer step.
-        norm_from_grads = self.config.deepspeed.zero_stage == 0 and self.dtype == torch.float32
+        # DeepSpeed reports a gradient norm only from its optimizer wrappers (ZeRO, bf16 weights); with
+        # the bare torch optimizer (stage 0 with fp32 weights, autocast or not) the averaged gradients
+        # sit in .grad between the last backward and the optimizer step, and we take the norm there.
+        norm_from_grads = not hasattr(self.engine.optimizer, "_global_grad_norm")
         while self.step < stop:
             lr = self.engine.get_lr()[0]
             log_now = (self.step + 1) % self.config.logging.log_every == 0 or self.step + 1 == stop
@@ -230,7 +238,7 @@ class Trainer:
                 window.data_wait += time.perf_counter() - started
                 input_ids = input_ids.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                loss = next_token_loss(self.engine(input_ids).logits, labels)
+                loss = self.loss(input_ids, labels)
                 self.engine.backward(loss)
                 if log_now and norm_from_grads and micro == self.accumulation - 1:
                     grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -286,9 +294,11 @@ class Trainer:
         loss, _ = validation_loss(self.engine, self.val_data, e.num_blocks, e.micro_batch_size or
                                   self.config.train.micro_batch_size, self.device, self.env.rank,
                                   self.env.world_size)
-        samples = generate_samples(self.engine.module, self.tokenizer, e.prompts, max_new_tokens=e.max_new_tokens,
-                                   temperature=e.temperature, top_k=e.top_k, seed=e.seed, device=self.device,
-                                   eos_id=self.eos_id)
+        # The engine autocasts its own forward; generate() calls the module directly.
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            samples = generate_samples(self.engine.module, self.tokenizer, e.prompts, max_new_tokens=e.max_new_tokens,
+                                       temperature=e.temperature, top_k=e.top_k, seed=e.seed, device=self.device,
+                                       eos_id=self.eos_id)
         self.engine.train()
         self.metrics.log(self.step, {"eval_loss": loss, "eval_ppl": perplexity(loss)})
         self.metrics.log_samples(self.step, samples)

@@ -1,11 +1,12 @@
 """Shared test fixtures: paths to the real data and model that ship in PyPI packages, free ports."""
 import importlib.util
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from smollm2.distributed import free_port  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,12 +36,6 @@ def shakespeare_dir() -> Path:
     if d is None:
         pytest.fail("shakespeare is not installed: run the tests through tests/run.sh")
     return d / "texts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smollm2_cmd(*args: str) -> list[str]:

@@ -4,24 +4,31 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import ROOT, smollm2_cmd
 from smollm2 import bench
+from smollm2.data import write_token_file
 from smollm2.errors import UserError
+from smollm2.tokenizer import build_bpe_tokenizer, eos_token_id, tokenizer_fingerprint
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
-    """One play, a 512-token BPE tokenizer trained on it, packed with `smollm2 prepare`."""
+    """Hamlet, one document per paragraph, in a 512-token BPE, as `smollm2 prepare` would write it."""
     root = tmp_path_factory.mktemp("bench_data")
-    text = shakespeare_dir / "hamlet_gut.txt"
-    for cmd in (smollm2_cmd("tokenizer", "train", "--input", text, "--out", root / "tok", "--vocab-size", "512"),
-                smollm2_cmd("prepare", "--input", text, "--tokenizer", root / "tok", "--out", root / "data",
-                            "--txt-mode", "paragraph")):
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
-    return root / "data"
+    paragraphs = [p for p in (shakespeare_dir / "hamlet_gut.txt").read_text().split("\n\n") if p.strip()]
+    tok = build_bpe_tokenizer(paragraphs, vocab_size=512)
+    tok.save(str(root / "tokenizer.json"))
+    eos, fingerprint = eos_token_id(tok), tokenizer_fingerprint(tok)
+    docs = [np.array([*encoding.ids, eos]) for encoding in tok.encode_batch(paragraphs)]
+    vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
+    for name, split in (("train.bin", docs[:-40]), ("val.bin", docs[-40:])):
+        write_token_file(root / name, split, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint,
+                         num_docs=len(split))
+    return root
 
 
 def test_vary_overrides():
@@ -69,8 +76,8 @@ def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
         assert row["peak_mem_gib"] > 0
     for row in trainer_rows:
         assert row["micro_batch_size"] == 2 and row["accumulation"] == 2
-        # 2 micro-steps of 2 x 256 tokens each; the tiny model's loss starts near ln(512).
-        assert row["tokens_per_s"] == pytest.approx(2 * 256 / (row["step_ms"] / 1e3))
+        # micro-steps of 2 samples; the tiny model's loss starts near ln(512).
+        assert row["tokens_per_s"] == pytest.approx(2 * row["seq_len"] / (row["step_ms"] / 1e3))
         assert 0 <= row["data_wait_ms"] < row["step_ms"]
         assert 4.0 < row["loss"] < 8.0
     assert [r["activation_checkpointing"] for r in trainer_rows] == [0, 1]

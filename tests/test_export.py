@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import smollm2_cmd
-from test_train import read_rows, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_train import SHARD_ALL, read_rows, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 from smollm2.data import PackedTokenDataset
 from smollm2.evaluate import validation_loss
@@ -21,7 +21,7 @@ EVAL_BLOCKS = 16  # test_train.MINI's eval.num_blocks
 def zero3_run(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("zero3") / "run"
     run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=6", "deepspeed.zero_stage=3",
-              "eval.eval_every=0")
+              "eval.eval_every=0", SHARD_ALL)
     return run_dir
 
 
@@ -83,12 +83,14 @@ def test_deepspeed_zero_to_fp32_reads_our_checkpoint(zero3_run, tmp_path):
 
 @pytest.mark.slow
 def test_stage0_single_process_export(tiny_data, tmp_path):
-    """Plain `python -m smollm2 train` (one process), ZeRO stage 0: weights come from mp_rank_00_model_states.pt."""
+    """Plain `python -m smollm2 train` (one process), ZeRO stage 0: weights come from mp_rank_00_model_states.pt.
+
+    This run also takes the plain loss path (logits + cross-entropy) instead of the fused LM-head loss."""
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
     result = run_train(0, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=3",
-                       "deepspeed.zero_stage=0", "train.global_batch_size=4", "eval.eval_every=0")
+                       "deepspeed.zero_stage=0", "train.global_batch_size=4", "eval.eval_every=0", "train.fused_loss=false")
     assert "1 rank(s) on cpu (single), ZeRO 0" in result.stdout
     assert all(row["grad_norm"] > 0 for row in read_rows(run_dir, "loss"))  # measured by us at stage 0 fp32
     states = torch.load(run_dir / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", weights_only=False)

@@ -1,7 +1,13 @@
-"""The launch scripts end to end: 2 CPU processes train configs/tiny.yaml (shrunk to a few steps) under the
-real deepspeed launcher, torchrun and mpirun, plus DeepSpeed's no-ssh multi-node route with two "nodes" on
-this machine. Each run exits 0, its loss falls, and TensorBoard's own EventAccumulator reads back every
-scalar of design.md and the generation samples."""
+"""The launch scripts end to end.
+
+- 2 CPU processes train configs/tiny.yaml (shrunk to a few steps) under the real deepspeed launcher,
+  torchrun and mpirun: each run exits 0, its loss falls, and TensorBoard's own EventAccumulator reads back
+  every scalar of design.md and the generation samples.
+- DeepSpeed's no-ssh multi-node route, two "nodes" on this machine started separately: ranks 0 and 1 of 2
+  meet at the rendezvous (a probe stands in for the trainer).
+- The SLURM scripts, with stand-ins for srun/scontrol/deepspeed (no SLURM here): what they run, and the
+  requeue on the time-limit signal.
+"""
 import json
 import os
 import shutil
@@ -49,14 +55,20 @@ def launch(script: str, run_dir: Path, data: Path, cwd: Path, **env: str) -> sub
         environ.setdefault("MASTER_PORT", str(free_port()))
     cmd = ["bash", str(ROOT / "launch" / script), str(ROOT / "configs" / "tiny.yaml"),
            "--set", f"data.path={data}", f"train.out_dir={run_dir}", *SHRINK]
-    return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start(cmd, cwd, environ)
+
+
+def start(cmd: list[str], cwd: Path, environ: dict[str, str]) -> subprocess.Popen:
+    # A session of its own: on a timeout the launcher goes down together with the ranks it started.
+    return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(process: subprocess.Popen) -> str:
     try:
         output, _ = process.communicate(timeout=240)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
     assert process.returncode == 0, output[-4000:]
     return output
@@ -116,11 +128,11 @@ def test_deepspeed_multi_node_without_ssh(tmp_path):
     hostfile.write_text("# two nodes\nnode-a slots=1\nnode-b slots=1\n")
     port = str(free_port())
     environ = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
-    environ.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOSTFILE": str(hostfile),
+    environ.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    script = [str(ROOT / "launch" / "deepspeed_multi_node.sh"), "configs/tiny.yaml", "--set", "train.max_steps=5"]
-    nodes = [subprocess.Popen(["bash", *script], cwd=tmp_path, env={**environ, "NODE_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    script = [str(ROOT / "launch" / "deepspeed_multi_node.sh"), "hostfile", "configs/tiny.yaml", "--set",
+              "train.max_steps=5"]
+    nodes = [start(["bash", *script], tmp_path, {**environ, "NODE_RANK": str(rank)}) for rank in (0, 1)]
     probes = []
     for node in nodes:
         output = finish(node)
@@ -131,10 +143,11 @@ def test_deepspeed_multi_node_without_ssh(tmp_path):
                and p["argv"][0].startswith("--local_rank=") for p in probes)
 
 
-@pytest.mark.parametrize("script", ["deepspeed_single_node.sh", "deepspeed_multi_node.sh", "torchrun.sh", "mpirun.sh"])
-def test_launch_script_without_a_config_prints_its_usage(script):
+@pytest.mark.parametrize("script, usage", [("deepspeed_single_node.sh", "CONFIG"), ("deepspeed_multi_node.sh", "HOSTFILE CONFIG"),
+                                           ("torchrun.sh", "CONFIG"), ("mpirun.sh", "CONFIG")])
+def test_launch_script_without_a_config_prints_its_usage(script, usage):
     out = subprocess.run(["bash", str(ROOT / "launch" / script)], capture_output=True, text=True)
-    assert out.returncode == 2 and f"launch/{script} CONFIG" in out.stderr, out.stderr
+    assert out.returncode == 2 and f"launch/{script} {usage} [--set" in out.stderr, out.stderr
 
 
 # SLURM is not installed here: srun, scontrol and deepspeed are stand-ins that record how the sbatch

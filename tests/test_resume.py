@@ -4,9 +4,13 @@ ZeRO 1 goes through `train.stop_at` and `--resume auto` in the same run director
 (`--resume PATH`) from the mid-run checkpoint of the straight run into a new directory.
 """
 import pytest
-from test_train import MINI, TINY_YAML, read_rows, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_train import MINI, SHARD_ALL, TINY_YAML, read_rows, run_train, tiny_data  # noqa: F401 (a fixture)
 
 STEPS = 8
+
+
+def stage_settings(zero_stage: int) -> list[str]:
+    return [f"deepspeed.zero_stage={zero_stage}", *([SHARD_ALL] if zero_stage == 3 else [])]
 
 
 def losses(run_dir):
@@ -22,7 +26,7 @@ def straight_run(tiny_data, tmp_path_factory):
         if zero_stage not in runs:
             run_dir = tmp_path_factory.mktemp(f"straight{zero_stage}") / "run"
             run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={STEPS}",
-                      f"deepspeed.zero_stage={zero_stage}", f"checkpoint.save_every={STEPS // 2}", "eval.eval_every=0")
+                      f"checkpoint.save_every={STEPS // 2}", "eval.eval_every=0", *stage_settings(zero_stage))
             runs[zero_stage] = run_dir
         return runs[zero_stage]
 
@@ -49,7 +53,7 @@ def test_resume_from_a_mid_run_checkpoint(tiny_data, tmp_path, straight_run, zer
     straight = straight_run(zero_stage)
     resumed = tmp_path / "resumed"
     run_train(2, f"data.path={tiny_data}", f"train.out_dir={resumed}", f"train.max_steps={STEPS}",
-              f"deepspeed.zero_stage={zero_stage}", "eval.eval_every=0",
+              "eval.eval_every=0", *stage_settings(zero_stage),
               resume=str(straight / "checkpoints" / f"step_{STEPS // 2:08d}"))
     assert losses(resumed) == losses(straight)[STEPS // 2:]
 

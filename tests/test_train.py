@@ -22,6 +22,8 @@ MINI = ["model.vocab_size=512", "model.hidden_size=32", "model.intermediate_size
         "model.max_position_embeddings=64", "train.micro_batch_size=2", "train.global_batch_size=8",
         "train.dtype=fp32", "schedule.warmup_steps=2", "logging.log_every=1", "eval.num_blocks=16",
         "eval.max_new_tokens=8", "data.num_workers=1"]
+# ZeRO-3 keeps parameters under 100K elements whole by default; at 0 the tiny model is sharded like the 135M.
+SHARD_ALL = "deepspeed.overrides.zero_optimization.stage3_param_persistence_threshold=0"
 SCALARS = ["train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/mfu", "perf/peak_mem_gib",
            "perf/data_wait_ms", "perf/step_time_s", "eval/loss", "eval/ppl"]
 

@@ -354,8 +354,8 @@ def main() -> int:
         seq, warmup, steps = config.block_size, 3, 10
         scale = lambda v: v  # noqa: E731
     peak = measure_peak_tflops(device)
-    env = dict(kind="peak", tflops=round(peak, 1), device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               torch=torch.__version__, deepspeed=deepspeed.__version__)
+    env = dict(kind="peak", tflops=round(peak, 1), torch=torch.__version__, deepspeed=deepspeed.__version__,
+               device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
     record(env)
 
     def attempt(variant: Variant, profile_to: Path | None = None) -> dict | None:

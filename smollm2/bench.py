@@ -9,8 +9,9 @@ packed data loader), runs warm-up micro-steps (compilation happens there), then 
     optimizer   engine.step (a no-op between accumulation boundaries)
 
 on the device's own timeline (CUDA events; the host clock on CPU), and prints tokens/s, MFU against the
-bf16 matmul rate measured in this process (design.md's formula) and against the datasheet figure, and
-peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value in this one process (e.g.
+bf16 matmul rate measured once in this process (design.md's formula and peak: 20 products of 8192^3
+after 3, as hf_baseline.py measures it; about 800 TFLOP/s on an H200) and against the datasheet figure,
+and peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value in this one process (e.g.
 the activation-checkpointing table); `--baseline` also times transformers' LlamaForCausalLM of the same
 shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, so
 the ratio comes from one process on one GPU. The run directory is a temporary one: a bench never
@@ -112,7 +113,7 @@ def time_steps(micro_step: Callable[[Clock], None], device: Any, warmup: int, st
                   optimizer_ms=phases[2])
 
 
-def run_trainer(config: Any, env: Any, warmup: int, steps: int) -> dict[str, Any]:
+def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: float) -> dict[str, Any]:
     """Bench the trainer's own micro-step on its own data; returns a result row."""
     from smollm2.trainer import Trainer
 
@@ -141,12 +142,12 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int) -> dict[str, Any
         timing.data_wait_ms = 1e3 * sum(data_wait[warmup:]) / steps
         t, world = config.train, env.world_size
         row = result_row("trainer", timing, t.micro_batch_size * config.model.block_size * world, world,
-                         trainer.flops_per_token, trainer.peak_tflops, device, float(last_loss[0]))
+                         trainer.flops_per_token, peak_tflops, device, float(last_loss[0]))
         row.update(micro_batch_size=t.micro_batch_size, seq_len=config.model.block_size,
                    accumulation=trainer.accumulation,
                    zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
                    compile=t.compile, activation_checkpointing=t.activation_checkpointing,
-                   ds_optimizer=type(engine.optimizer).__name__)
+                   ds_optimizer=type(engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops)
         return row
     finally:
         del batches  # stops the DataLoader workers
@@ -257,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
 
     from smollm2.config import load_config
     from smollm2.distributed import discover
+    from smollm2.engine import resolve_dtype
+    from smollm2.metrics import measure_peak_tflops
 
     env = discover()
     if args.baseline and env.world_size > 1:
@@ -264,24 +267,26 @@ def run(args: argparse.Namespace) -> int:
                         f"{env.world_size}); it has no data-parallel setup to compare with")
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = None
+    device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
-        for label, extra in vary_overrides(args.vary):
-            # Last, so it wins: a bench never writes into a real run directory.
-            overrides = [*args.overrides, *extra, f"train.out_dir={run_dir}/{len(rows)}"]
-            config = load_config(args.config, overrides, env.world_size)
-            name = f"trainer {label}".strip()
+        # Every config is read (and checked) before the first one runs. The run directory override comes
+        # last, so it wins: a bench never writes into a real run directory.
+        configs = [(f"trainer {label}".strip(), load_config(
+                        args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size))
+                   for i, (label, extra) in enumerate(vary_overrides(args.vary))]
+        peak = measure_peak_tflops(device, resolve_dtype(configs[0][1].train.dtype, device))
+        for name, config in configs:
             try:
-                row = run_trainer(config, env, args.warmup, args.steps)
+                row = run_trainer(config, env, args.warmup, args.steps, peak)
             except torch.cuda.OutOfMemoryError:  # a result too, in a table of memory settings
                 release_memory()
                 errors.append({"name": name, "error": "CUDA out of memory"})
                 continue
             row["name"] = name
             rows.append(row)
-            peak = row["peak_tflops"]
-        if peak is None:
+        if not rows:
             raise RuntimeError(f"every configuration ran out of memory: {errors}")
         if args.baseline:
             micro = args.baseline_micro_batch or config.train.micro_batch_size

@@ -146,13 +146,15 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
 
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
+def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     """This device's dense matmul rate in `dtype`: the MFU denominator when none is configured.
 
-    Square products as the model computes them (F.linear, which on CPU takes oneDNN's bf16 kernels where
-    a plain bf16 `@` may not), big enough to keep the device busy: 8192 on GPU, 512 on CPU.
+    Timed as design.md and hf_baseline.py time it: a burst of square products (8192 on GPU, 512 on CPU)
+    after a warm-up, one synchronization at the end. A loop that synchronizes after every product read
+    665-696 TFLOP/s on an H200 where this reads about 798 (bench/RESULTS.md), and the lower denominator
+    overstated MFU by some 15%.
     """
-    n = 8192 if device.type == "cuda" else 512
+    n, reps = (8192, 20) if device.type == "cuda" else (512, 20)
     generator = torch.Generator(device=device).manual_seed(0)  # leaves the training RNG untouched
     a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
@@ -161,12 +163,12 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    # F.linear: the op the model runs (on CPU it takes oneDNN's bf16 kernels where a plain `@` may not).
     for _ in range(3):  # kernel selection, clocks ramping up
         F.linear(a, b)
     sync()
-    iterations, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    start = time.perf_counter()
+    for _ in range(reps):
         F.linear(a, b)
-        sync()
-        iterations += 1
-    return 2 * n**3 * iterations / elapsed / 1e12
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12

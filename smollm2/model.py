@@ -367,11 +367,23 @@ class SmolLM2DecoderLayer(nn.Module):
         self.mlp = SmolLM2MLP(config)
         self.input_layernorm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.selective_checkpoint = False  # keep matmul outputs, recompute the rest (set_activation_checkpointing)
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 past_key_value: LayerCache | None = None, use_cache: bool = False,
                 ) -> tuple[torch.Tensor, LayerCache | None]:
+        if self.selective_checkpoint and torch.is_grad_enabled():
+            # Inside forward, so that compiling the layer compiles the checkpoint with it and the policy
+            # sees the traced matmuls. Around a compiled layer it would see none and recompute everything
+            # (measured on an H200: 14 GiB and full-recompute speed instead of 52 GiB; bench/RESULTS.md).
+            return ops.selective_checkpoint(self._block, hidden_states, cos, sin, position_ids, attention_mask,
+                                            past_key_value, use_cache)
+        return self._block(hidden_states, cos, sin, position_ids, attention_mask, past_key_value, use_cache)
+
+    def _block(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               position_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               past_key_value: LayerCache | None, use_cache: bool) -> tuple[torch.Tensor, LayerCache | None]:
         attn_out, present = self.self_attn(self.input_layernorm(hidden_states), cos, sin, position_ids,
                                            attention_mask, past_key_value, use_cache)
         hidden_states = hidden_states + attn_out
@@ -389,8 +401,7 @@ class SmolLM2Model(nn.Module):
         self.layers = nn.ModuleList(SmolLM2DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = SmolLM2RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
-        self.checkpoint_every_n_layers = 0
-        self.checkpoint_selective = False  # checkpointed layers keep their matmul outputs (ops.selective_checkpoint)
+        self.checkpoint_every_n_layers = 0  # whole-layer recompute (selective checkpointing lives in the layers)
         self.autocast_residual = True  # under autocast, the residual stream in the autocast dtype (else fp32)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -414,10 +425,7 @@ class SmolLM2Model(nn.Module):
         presents = []
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None
-            if checkpoint_every and i % checkpoint_every == 0 and self.checkpoint_selective:
-                hidden_states, present = ops.selective_checkpoint(layer, hidden_states, cos, sin, position_ids,
-                                                                  mask, past, use_cache)
-            elif checkpoint_every and i % checkpoint_every == 0:
+            if checkpoint_every and i % checkpoint_every == 0:
                 hidden_states, present = checkpoint(layer, hidden_states, cos, sin, position_ids, mask, past,
                                                     use_cache, use_reentrant=False)
             else:
@@ -508,12 +516,14 @@ class SmolLM2ForCausalLM(nn.Module):
         """Recompute activations in backward for every N-th layer (0: off, 1: all layers).
 
         `selective`: those layers keep their matmul and attention outputs and recompute only the
-        elementwise ops (norms, RoPE, SwiGLU): most of the memory saved for a few % of speed.
+        elementwise ops (norms, RoPE, SwiGLU). On an H200 at micro-batch 256 this cost 3.4 % of speed
+        and saved a third of the memory (bench/RESULTS.md).
         """
         if every_n_layers < 0:
             raise ValueError(f"every_n_layers must be >= 0, got {every_n_layers}")
-        self.model.checkpoint_every_n_layers = every_n_layers
-        self.model.checkpoint_selective = selective
+        self.model.checkpoint_every_n_layers = 0 if selective else every_n_layers
+        for i, layer in enumerate(self.model.layers):
+            layer.selective_checkpoint = selective and every_n_layers > 0 and i % every_n_layers == 0
 
     def num_parameters(self) -> int:
         """Unique parameters: the tied LM head shares the embedding and counts once."""

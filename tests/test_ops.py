@@ -123,6 +123,25 @@ def test_selective_checkpointing_matches_no_checkpointing():
     assert_same_grads(model, expected[1], got[1], rel=1e-5)
 
 
+def test_selective_checkpoint_runs_inside_each_layer(monkeypatch):
+    """Inside the layer's forward, so a compiled layer compiles the checkpoint and its policy with it
+    (wrapped around a compiled layer, the policy sees no matmuls and everything is recomputed)."""
+    model = tiny_model(3)
+    calls = []
+    real = ops.selective_checkpoint
+    monkeypatch.setattr(ops, "selective_checkpoint", lambda fn, *args: calls.append(fn) or real(fn, *args))
+    model.set_activation_checkpointing(2, selective=True)
+    assert model.model.checkpoint_every_n_layers == 0  # no whole-layer checkpoint around them
+    assert [layer.selective_checkpoint for layer in model.model.layers] == [True, False]
+    model(torch.randint(0, 256, (2, 16)))
+    assert calls == [model.model.layers[0]._block]
+    with torch.no_grad():
+        model(torch.randint(0, 256, (2, 16)))
+    assert len(calls) == 1  # nothing to save without autograd
+    model.set_activation_checkpointing(0)
+    assert not any(layer.selective_checkpoint for layer in model.model.layers)
+
+
 def test_residual_stream_in_the_autocast_dtype_under_autocast():
     """Under autocast the decoder layers see bf16 hidden states (as with bf16 weights); fp32 otherwise,
     and fp32 under autocast when the model's autocast_residual switch is off."""

@@ -61,21 +61,6 @@ class SmolLM2Config:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], prefix: str = "model") -> SmolLM2Config:
-        """Build from a plain dict (a YAML `model:` section), refusing unknown keys and wrong types."""
-        if not isinstance(d, dict):
-            raise UserError(f"{prefix}: expected a mapping of model settings, got {type(d).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in d.items():
-            if key not in fields:
-                raise UserError(f"{prefix}.{key}: unknown key (expected one of: {', '.join(fields)})")
-            values[key] = _coerce(f"{prefix}.{key}", value, type(getattr(cls(), key)))
-        config = cls(**values)
-        config.validate(prefix)
-        return config
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -187,27 +172,6 @@ class SmolLM2Config:
         config = cls(**values)
         config.validate(prefix=source)
         return config
-
-
-def _coerce(key: str, value: Any, expected: type) -> Any:
-    """YAML gives ints for floats (1e-5 is read as a string by PyYAML); accept what converts exactly."""
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif expected is str and isinstance(value, str):
-        return value
-    raise UserError(f"{key}: expected {expected.__name__}, got {value!r}")
 
 
 def _first_id(value: int | list[int] | None, default: int) -> int:

@@ -151,8 +151,10 @@ me = discover()
 dist.init_process_group("gloo")  # env:// from what discover() wrote
 total = torch.tensor([me.rank + 1])
 dist.all_reduce(total)
-print(json.dumps({"env": [me.rank, me.world_size, me.local_rank, me.launcher], "sum": int(total),
-                  "addr": os.environ["MASTER_ADDR"], "port": os.environ["MASTER_PORT"]}), flush=True)
+# One file per rank: mpirun may interleave the ranks' stdout within a line.
+with open(f"rank{me.rank}.json", "w") as f:
+    json.dump({"env": [me.rank, me.world_size, me.local_rank, me.launcher], "sum": int(total),
+               "addr": os.environ["MASTER_ADDR"], "port": os.environ["MASTER_PORT"]}, f)
 dist.destroy_process_group()
 """
 
@@ -167,8 +169,7 @@ def test_real_mpirun_two_ranks_meet_on_loopback(tmp_path):
     out = subprocess.run(["mpirun", "-np", "2", "--bind-to", "none", sys.executable, "-c", RANK_SCRIPT],
                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["env"][0])
+    rows = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["env"] for r in rows] == [[0, 2, 0, "mpi"], [1, 2, 1, "mpi"]]
     assert {r["addr"] for r in rows} == {"127.0.0.1"} and len({r["port"] for r in rows}) == 1
     assert [r["sum"] for r in rows] == [3, 3]

@@ -38,6 +38,17 @@ def shakespeare_dir() -> Path:
     return d / "texts"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tiny models: much faster on the shared 2-core CI machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def smollm2_cmd(*args: str) -> list[str]:
     """The real CLI, as a subprocess command line."""
     return [sys.executable, "-m", "smollm2", *map(str, args)]

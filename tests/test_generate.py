@@ -16,13 +16,7 @@ from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
 # One intra-op thread per CLI process: the 2-core CI machine is shared with other test jobs.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_tokenizer() -> Tokenizer:

@@ -15,13 +15,7 @@ TINY = dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_lay
             num_key_value_heads=2, max_position_embeddings=128, block_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster on the shared 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits_of(model, ids: torch.Tensor) -> torch.Tensor:

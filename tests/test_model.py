@@ -23,14 +23,7 @@ TINY_VARIANTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the CI machine has 2 cores shared by parallel jobs, and tiny ops with two
-    spinning OpenMP threads on a busy machine run 10-20x slower than with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

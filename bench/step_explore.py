@@ -47,6 +47,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smollm2 import ops  # noqa: E402
+from smollm2.bench import Clock  # noqa: E402
+from smollm2.metrics import measure_peak_tflops  # noqa: E402
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM  # noqa: E402
 
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
@@ -130,44 +132,6 @@ def sdpa_context(backend: str):
 
     return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                         "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
-
-
-class Clock:
-    """Marks on the device's timeline (CUDA events) or the host clock on CPU; read once at the end."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def elapsed_ms(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
-
-
-def measure_peak_tflops(device: torch.device) -> float:
-    """bf16 matmul rate of this device (8192^3 on GPU, as hf_baseline.py), the MFU denominator."""
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    clock = Clock(device)
-    clock.mark()
-    reps = 20 if device.type == "cuda" else 3
-    for _ in range(reps):
-        a @ b
-    clock.mark()
-    return reps * 2 * n**3 / (clock.elapsed_ms()[0] / 1e3) / 1e12
 
 
 def build(variant: Variant, config: SmolLM2Config, device: torch.device):
@@ -257,7 +221,7 @@ def run_variant(variant: Variant, config: SmolLM2Config, device: torch.device, p
             clock.mark()
             loss = step(batches[i % 4, :, :-1], batches[i % 4, :, 1:], clock)
         clock.mark()
-        marks = clock.elapsed_ms()
+        marks = clock.intervals_ms()
         if profile_to is not None:
             profile(step, batches, device, profile_to)
     # marks per step: [forward, backward, optimizer] (start, fwd, bwd, end marks; end = next start)
@@ -353,7 +317,7 @@ def main() -> int:
         config = SmolLM2Config()
         seq, warmup, steps = config.block_size, 3, 10
         scale = lambda v: v  # noqa: E731
-    peak = measure_peak_tflops(device)
+    peak = measure_peak_tflops(device, torch.bfloat16)
     env = dict(kind="peak", tflops=round(peak, 1), torch=torch.__version__, deepspeed=deepspeed.__version__,
                device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
     record(env)

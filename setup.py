@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     # Ranges, not pins: a cluster's own CUDA build of torch must satisfy them.
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",
         "deepspeed>=0.17.2",  # torch_autocast in the DeepSpeed config (bf16 compute, fp32 weights)
         "datasets>=3.0",
         "tokenizers>=0.21",  # DecodeStream (streaming generation output)

@@ -1,21 +1,24 @@
 """`smollm2 bench --config FILE [--set k=v ...]`: how fast is the real training step, and against what?
 
 Builds the trainer itself (smollm2.trainer.Trainer: its model, DeepSpeed engine, dtype, compile and
-packed data loader), runs warm-up micro-steps (compilation happens there), then times micro-steps:
+packed data loader), runs warm-up optimizer steps (compilation happens there), then times optimizer
+steps of Trainer.train_step, the function `smollm2 train` runs, split into
 
-    data wait   host time blocked on the DataLoader (the GPU may still be busy meanwhile)
-    forward     Trainer.loss: forward and loss (the fused loss also makes the LM head's gradients here)
-    backward    engine.backward
-    optimizer   engine.step (a no-op between accumulation boundaries)
+    data wait   host time blocked on the DataLoader (the GPU may still be busy meanwhile), per step
+    forward     Trainer.loss: forward and loss (the fused loss also makes the LM head's gradients here),
+                per micro-batch
+    backward    engine.backward (with the gradient all-reduce at the step's last micro-batch), per micro-batch
+    optimizer   clipping and engine.step(), summed over the step's micro-batches (only the last one steps)
 
 on the device's own timeline (CUDA events; the host clock on CPU), and prints tokens/s, MFU against the
 bf16 matmul rate measured once in this process (design.md's formula and peak: 20 products of 8192^3
 after 3, as hf_baseline.py measures it; about 800 TFLOP/s on an H200) and against the datasheet figure,
 and peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value in this one process (e.g.
 the activation-checkpointing table); `--baseline` also times transformers' LlamaForCausalLM of the same
-shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, so
-the ratio comes from one process on one GPU. The run directory is a temporary one: a bench never
-touches `train.out_dir`.
+shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, one
+optimizer step per micro-batch, as many micro-batches as the trainer's, so the ratio comes from one
+process on one GPU. `--profile DIR` writes torch.profiler's kernel table of one more step per config.
+The run directory is a temporary one: a bench never touches `train.out_dir`.
 
     smollm2 bench --config configs/smollm2-135m.yaml --baseline --out bench.json
     smollm2 bench --config configs/smollm2-135m.yaml --vary train.activation_checkpointing=0,1,2
@@ -43,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override config keys, as for `smollm2 train`")
     parser.add_argument("--vary", metavar="KEY=A,B,...",
                         help="bench once per value of one config key, in this process")
-    parser.add_argument("--steps", type=int, default=20, help="timed micro-steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed micro-steps first (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps (default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (default 2)")
+    parser.add_argument("--profile", metavar="DIR", help="write a torch.profiler table of one more step per config")
     parser.add_argument("--baseline", nargs="?", const="compile", choices=["compile", "eager"],
                         help="also time transformers' LlamaForCausalLM (default: under torch.compile)")
-    parser.add_argument("--baseline-micro-batch", type=int, metavar="N",
-                        help="the baseline's micro-batch (default: the config's train.micro_batch_size)")
+    parser.add_argument("--baseline-micro-batch", metavar="N[,N...]",
+                        help="the baseline's micro-batch, or several (default: the config's train.micro_batch_size)")
     parser.add_argument("--datasheet-tflops", type=float, metavar="TFLOPS",
                         help=f"datasheet peak for the second MFU (default {DATASHEET_TFLOPS_CUDA:g} on CUDA)")
     parser.add_argument("--out", metavar="FILE", help="write all results as JSON")
@@ -56,13 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Timing:
-    """Per micro-step means over the timed steps, in milliseconds."""
+    """Means over the timed optimizer steps, in milliseconds."""
 
-    step_ms: float
-    data_wait_ms: float
-    forward_ms: float
-    backward_ms: float
-    optimizer_ms: float
+    step_ms: float  # one optimizer step: all its micro-batches
+    data_wait_ms: float  # per optimizer step
+    forward_ms: float  # per micro-batch
+    backward_ms: float  # per micro-batch
+    optimizer_ms: float  # per optimizer step: clipping and every engine.step() of its micro-batches
 
 
 class Clock:
@@ -90,71 +94,83 @@ class Clock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def time_steps(micro_step: Callable[[Clock], None], device: Any, warmup: int, steps: int) -> Timing:
-    """Run `micro_step(clock)` warmup + steps times; it marks after its forward, backward and optimizer.
-
-    Returns the means of the timed steps; data wait is measured by the step itself (see run_trainer).
-    """
+def time_steps(optimizer_step: Callable[[Callable[[], None]], None], device: Any, accumulation: int, warmup: int,
+               steps: int, after_warmup: Callable[[], None] = lambda: None) -> Timing:
+    """Run `optimizer_step(mark)` warmup + steps times; it calls mark() after each micro-batch's forward,
+    backward and optimizer phase. `after_warmup()` runs between the two. Returns the timed steps' means
+    (data wait is the caller's to fill in)."""
     import torch
 
     for _ in range(warmup):
-        micro_step(Clock(device))
+        optimizer_step(lambda: None)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    after_warmup()
     clock = Clock(device)
     clock.mark()
     for _ in range(steps):
-        micro_step(clock)
+        optimizer_step(clock.mark)
     intervals = clock.intervals_ms()
-    # Marks: start, then (forward, backward, optimizer) per step; a step's end is the next one's start.
-    phases = [sum(intervals[i::3]) / steps for i in range(3)]
-    return Timing(step_ms=sum(intervals) / steps, data_wait_ms=0.0, forward_ms=phases[0], backward_ms=phases[1],
-                  optimizer_ms=phases[2])
+    if len(intervals) != 3 * accumulation * steps:
+        raise RuntimeError(f"expected 3 marks per micro-batch, got {len(intervals)} intervals for "
+                           f"{steps} steps x {accumulation} micro-batches")
+    # Marks: start, then (forward, backward, optimizer) per micro-batch; each interval ends at its mark.
+    forward, backward, optimizer = (sum(intervals[i::3]) for i in range(3))
+    micro_batches = steps * accumulation
+    return Timing(step_ms=sum(intervals) / steps, data_wait_ms=0.0, forward_ms=forward / micro_batches,
+                  backward_ms=backward / micro_batches, optimizer_ms=optimizer / steps)
 
 
-def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: float) -> dict[str, Any]:
-    """Bench the trainer's own micro-step on its own data; returns a result row."""
-    from smollm2.trainer import Trainer
+def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path) -> None:
+    """torch.profiler over one more optimizer step: the kernels by device time (host time on CPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        optimizer_step(lambda: None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=50, max_name_column_width=100) + "\n")
+
+
+def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: float,
+                profile_to: Path | None = None) -> dict[str, Any]:
+    """Bench the trainer's own optimizer step (Trainer.train_step) on its own data; returns a result row."""
+    from smollm2.trainer import Trainer, Window
 
     trainer = Trainer(config, env)
-    engine, device = trainer.engine, trainer.device
     batches = trainer.batches()
-    data_wait: list[float] = []
-    last_loss: list[Any] = []
+    window = [Window(trainer.device)]  # a fresh one after warm-up: the timed steps' losses and data wait
 
-    def micro_step(clock: Clock) -> None:
-        started = time.perf_counter()
-        input_ids, labels = next(batches)
-        data_wait.append(time.perf_counter() - started)
-        input_ids = input_ids.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        loss = trainer.loss(input_ids, labels)
-        clock.mark()
-        engine.backward(loss)
-        clock.mark()
-        engine.step()
-        clock.mark()
-        last_loss[:] = [loss.detach()]
+    def optimizer_step(mark: Callable[[], None]) -> None:
+        trainer.train_step(batches, window[0], mark=mark)
 
     try:
-        timing = time_steps(micro_step, device, warmup, steps)
-        timing.data_wait_ms = 1e3 * sum(data_wait[warmup:]) / steps
+        timing = time_steps(optimizer_step, trainer.device, trainer.accumulation, warmup, steps,
+                            after_warmup=lambda: window.__setitem__(0, Window(trainer.device)))
+        timed = window[0]
+        timing.data_wait_ms = 1e3 * timed.data_wait / steps
+        if profile_to is not None:
+            profile_step(optimizer_step, trainer.device, profile_to)
         t, world = config.train, env.world_size
-        row = result_row("trainer", timing, t.micro_batch_size * config.model.block_size * world, world,
-                         trainer.flops_per_token, peak_tflops, device, float(last_loss[0]))
+        row = result_row("trainer", timing, t.global_batch_size * config.model.block_size, world,
+                         trainer.flops_per_token, peak_tflops, trainer.device,
+                         float(timed.loss_sum) / timed.micro_batches)
         row.update(micro_batch_size=t.micro_batch_size, seq_len=config.model.block_size,
                    accumulation=trainer.accumulation,
                    zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
                    compile=t.compile, activation_checkpointing=t.activation_checkpointing,
-                   ds_optimizer=type(engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops)
+                   ds_optimizer=type(trainer.engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops)
         return row
     finally:
         del batches  # stops the DataLoader workers
         trainer.metrics.close()
-        engine.destroy()
+        trainer.engine.destroy()
         trainer.engine = None
-        del trainer, engine
+        del trainer
         release_memory()
 
 
@@ -178,25 +194,25 @@ def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tfl
     counter = [0]
     last_loss: list[Any] = []
 
-    def micro_step(clock: Clock) -> None:
+    def optimizer_step(mark: Callable[[], None]) -> None:  # one micro-batch, no accumulation
         ids = batches[counter[0] % len(batches)]
         counter[0] += 1
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = forward(input_ids=ids, labels=ids).loss
-        clock.mark()
+        mark()
         loss.backward()
-        clock.mark()
+        mark()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        clock.mark()
+        mark()
         last_loss[:] = [loss.detach()]
 
     try:
-        timing = time_steps(micro_step, device, warmup, steps)
+        timing = time_steps(optimizer_step, device, 1, warmup, steps)
         n_params = sum(p.numel() for p in params)
         flops_per_token = 6 * n_params + 12 * arch.num_hidden_layers * arch.hidden_size * seq
-        row = result_row(f"hf-{mode}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops, device,
+        row = result_row(f"hf-{mode} mb{micro_batch}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops, device,
                          float(last_loss[0]))
         row.update(micro_batch_size=micro_batch, seq_len=seq, accumulation=1)
         return row
@@ -205,11 +221,11 @@ def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tfl
         release_memory()
 
 
-def result_row(name: str, timing: Timing, tokens_per_micro_step: int, world_size: int, flops_per_token: int,
+def result_row(name: str, timing: Timing, tokens_per_step: int, world_size: int, flops_per_token: int,
                peak_tflops: float, device: Any, loss: float) -> dict[str, Any]:
     from smollm2.metrics import peak_memory_gib
 
-    tokens_per_s = tokens_per_micro_step / (timing.step_ms / 1e3)
+    tokens_per_s = tokens_per_step / (timing.step_ms / 1e3)
     per_device_flops = tokens_per_s / world_size * flops_per_token
     return {
         "name": name, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / world_size,
@@ -229,6 +245,18 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _positive_ints(flag: str, text: str | None) -> list[int]:
+    if text is None:
+        return []
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text}: expected positive integers separated by commas, e.g. 128,256")
+    return values
+
+
 def vary_overrides(vary: str | None) -> list[tuple[str, list[str]]]:
     """[(label, extra overrides)]: one entry per value of --vary KEY=A,B,... (one empty entry without it)."""
     if vary is None:
@@ -240,11 +268,11 @@ def vary_overrides(vary: str | None) -> list[tuple[str, list[str]]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'bench':42} {'mb':>4} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} {'step ms':>8} "
-             f"{'data':>6} {'fwd':>7} {'bwd':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"]
+    lines = [f"{'bench':42} {'mb':>4} {'acc':>3} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} "
+             f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"]
     for r in rows:
         datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
-        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['tokens_per_s']:10,.0f} "
+        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} {r['tokens_per_s']:10,.0f} "
                      f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
                      f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
                      f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
@@ -261,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     from smollm2.engine import resolve_dtype
     from smollm2.metrics import measure_peak_tflops
 
+    baseline_micro_batches = _positive_ints("--baseline-micro-batch", args.baseline_micro_batch)
     env = discover()
     if args.baseline and env.world_size > 1:
         raise UserError("--baseline: run the baseline on one GPU (world size is "
@@ -277,9 +306,12 @@ def run(args: argparse.Namespace) -> int:
                         args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size))
                    for i, (label, extra) in enumerate(vary_overrides(args.vary))]
         peak = measure_peak_tflops(device, resolve_dtype(configs[0][1].train.dtype, device))
-        for name, config in configs:
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+        for i, (name, config) in enumerate(configs):
+            profile_to = Path(args.profile) / f"profile-{i}.txt" if args.profile else None
             try:
-                row = run_trainer(config, env, args.warmup, args.steps, peak)
+                row = run_trainer(config, env, args.warmup, args.steps, peak, profile_to)
             except torch.cuda.OutOfMemoryError:  # a result too, in a table of memory settings
                 release_memory()
                 errors.append({"name": name, "error": "CUDA out of memory"})
@@ -288,10 +320,19 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
         if not rows:
             raise RuntimeError(f"every configuration ran out of memory: {errors}")
+        baselines = []
         if args.baseline:
-            micro = args.baseline_micro_batch or config.train.micro_batch_size
-            rows.append(run_baseline(config, micro, args.baseline, device, peak, args.warmup, args.steps))
+            # As many micro-batches as the trainer's steps (it steps the optimizer after each one).
+            accumulation = config.train.gradient_accumulation_steps(env.world_size)
+            for micro in baseline_micro_batches or [config.train.micro_batch_size]:
+                try:
+                    baselines.append(run_baseline(config, micro, args.baseline, device, peak,
+                                                  args.warmup * accumulation, args.steps * accumulation))
+                except torch.cuda.OutOfMemoryError:
+                    release_memory()
+                    errors.append({"name": f"hf-{args.baseline} mb{micro}", "error": "CUDA out of memory"})
     datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
+    trainer_rows, rows = rows, rows + baselines
     for row in rows:
         row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
     result: dict[str, Any] = {
@@ -299,16 +340,17 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows, "errors": errors,
     }
-    if args.baseline:
-        result["speedup_vs_baseline"] = {r["name"]: r["tokens_per_s"] / rows[-1]["tokens_per_s"] for r in rows[:-1]}
+    if baselines:
+        result["speedup_vs_baseline"] = {r["name"]: {b["name"]: r["tokens_per_s"] / b["tokens_per_s"] for b in baselines}
+                                         for r in trainer_rows}
     if env.is_main:
         print(f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
-              + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed micro-steps")
+              + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed optimizer steps")
         print(format_table(rows))
         for error in errors:
             print(f"{error['name']}: {error['error']}")
-        for name, ratio in result.get("speedup_vs_baseline", {}).items():
-            print(f"{name}: {ratio:.2f}x the {rows[-1]['name']} baseline")
+        for name, ratios in result.get("speedup_vs_baseline", {}).items():
+            print(f"{name}: " + ", ".join(f"{ratio:.3f}x {baseline}" for baseline, ratio in ratios.items()))
         if args.out:
             out = Path(args.out)
             tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -8,7 +8,8 @@ resolved tree, every default filled in, is what a run writes to RUN_DIR/config.y
 
 Batch sizes are counted in samples (sequences of `model.block_size` tokens): `train.micro_batch_size`
 per GPU per forward, `train.global_batch_size` per optimizer step. Gradient accumulation is derived:
-global / (micro x world size), which must be a whole number.
+global / (micro x world size), which must be a whole number. The micro-batch is an upper bound: where
+global / world size is smaller (1024 sequences on 8 GPUs with micro-batch 256), each GPU takes that.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class TrainConfig:
     out_dir: str = field(default="", metadata=REQUIRED)  # the run directory
     max_steps: int = field(default=0, metadata=REQUIRED)  # optimizer steps: run length and LR schedule length
     stop_at: int | None = None  # end this job at that step, with a checkpoint; the schedule is unchanged
-    micro_batch_size: int = 8  # samples per GPU per forward/backward
+    # samples per GPU per forward/backward; at most global_batch_size / world size (load_config lowers it)
+    micro_batch_size: int = 8
     global_batch_size: int = 64  # samples per optimizer step, over all GPUs and accumulation steps
     # bf16: fp32 weights, bf16 compute under autocast (DeepSpeed's torch_autocast). auto: bf16 where the
     # device computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), else fp32.
@@ -223,6 +225,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), world
     for item in overrides:
         apply_override(raw, item)
     config = _build(Config, raw, "")
+    t = config.train
+    if 0 < t.global_batch_size < t.micro_batch_size * world_size and t.global_batch_size % world_size == 0:
+        t.micro_batch_size = t.global_batch_size // world_size  # without accumulation, this is all there is
     config.validate(world_size)
     return config
 

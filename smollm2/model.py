@@ -257,9 +257,16 @@ class SmolLM2MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACTIVATIONS[config.hidden_act]
+        # gate and up as one matmul on their concatenated weights (the same numbers, one pass over x
+        # forward and one gradient matmul backward); False: two, as the spec writes it.
+        self.fused_gate_up = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up:
+            gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -289,6 +296,9 @@ class SmolLM2Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.use_sdpa = True
+        # Plain causal attention hands SDPA the 3 KV heads as they are (enable_gqa) instead of repeat_kv's
+        # copies; False: always repeat (masked attention always does).
+        self.sdpa_gqa = True
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -304,13 +314,18 @@ class SmolLM2Attention(nn.Module):
             k = torch.cat([past_key_value[0], k], dim=2)
             v = torch.cat([past_key_value[1], v], dim=2)
         present = (k, v) if use_cache else None
-        k = repeat_kv(k, self.num_key_value_groups)
-        v = repeat_kv(v, self.num_key_value_groups)
         # Without a mask, the model only calls us with no cache (causal) or one new token (sees everything).
         is_causal = attention_mask is None and seq_len > 1
-        if self.use_sdpa:
+        if self.use_sdpa and self.sdpa_gqa and attention_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
+                                                 enable_gqa=self.num_key_value_groups > 1)
+        elif self.use_sdpa:
+            k = repeat_kv(k, self.num_key_value_groups)
+            v = repeat_kv(v, self.num_key_value_groups)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=is_causal)
         else:
+            k = repeat_kv(k, self.num_key_value_groups)
+            v = repeat_kv(v, self.num_key_value_groups)
             if is_causal:
                 attention_mask = torch.ones(seq_len, k.shape[2], dtype=torch.bool, device=q.device).tril()
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)

@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -144,7 +144,10 @@ class Trainer:
 
         self.device = init_distributed(env)
         self.dtype = resolve_dtype(config.train.dtype, self.device)
-        self.engine = build_engine(config, model.to(self.device), env.world_size, self.dtype)
+        self.engine, self.grad_clip = build_engine(config, model.to(self.device), env.world_size, self.dtype)
+        # DeepSpeed's optimizer wrappers (ZeRO, bf16 weights) clip and report the gradient norm; around
+        # the bare torch optimizer (stage 0, fp32 weights) we clip (self.grad_clip) and take the norm.
+        self.bare_optimizer = not hasattr(self.engine.optimizer, "_global_grad_norm")
         del model  # the engine owns it now; a stray reference would outlive the shutdown below
         self.accumulation = config.train.gradient_accumulation_steps(env.world_size)
         if checkpoint is not None:
@@ -219,41 +222,58 @@ class Trainer:
             return self.engine(input_ids, targets=labels).loss
         return next_token_loss(self.engine(input_ids).logits, labels)
 
+    def train_step(self, batches, window: Window, need_grad_norm: bool = False,
+                   mark: Callable[[], None] = lambda: None) -> torch.Tensor | float | None:
+        """One optimizer step: `accumulation` micro-batches of forward, backward and engine.step().
+
+        DeepSpeed averages the gradients over ranks and micro-batches in the last backward and steps the
+        optimizer and LR schedule in the last engine.step(). Losses and data wait go into `window`.
+        Returns the gradient norm before clipping when DeepSpeed or our clipping computed it anyway,
+        or when `need_grad_norm` (else None). `mark()` runs after each micro-batch's forward, backward
+        and engine.step(): `smollm2 bench` times the phases with it.
+        """
+        grad_norm = None
+        for micro in range(self.accumulation):
+            started = time.perf_counter()
+            input_ids, labels = next(batches)
+            window.data_wait += time.perf_counter() - started
+            input_ids = input_ids.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            loss = self.loss(input_ids, labels)
+            mark()
+            self.engine.backward(loss)
+            mark()
+            if micro == self.accumulation - 1 and self.bare_optimizer and (self.grad_clip or need_grad_norm):
+                # The averaged gradients sit in .grad between the last backward and the optimizer step.
+                params, foreach = list(self.engine.module.parameters()), self.device.type == "cuda"
+                if self.grad_clip:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=foreach)
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None],
+                                                              foreach=foreach)
+            self.engine.step()
+            mark()
+            window.loss_sum += loss.detach()
+            window.micro_batches += 1
+        if not self.bare_optimizer:
+            grad_norm = self.engine.get_global_grad_norm()
+        self.step += 1
+        self.consumed_samples += self.config.train.global_batch_size
+        window.steps += 1
+        return grad_norm
+
     def fit(self) -> None:
-        t = self.config.train
-        stop = t.stop_at or t.max_steps
+        stop = self.config.train.stop_at or self.config.train.max_steps
         self._print_header(stop)
         batches = self.batches()
-        window = _Window(self.device)
-        # DeepSpeed reports a gradient norm only from its optimizer wrappers (ZeRO, bf16 weights); with
-        # the bare torch optimizer (stage 0 with fp32 weights, autocast or not) the averaged gradients
-        # sit in .grad between the last backward and the optimizer step, and we take the norm there.
-        norm_from_grads = not hasattr(self.engine.optimizer, "_global_grad_norm")
+        window = Window(self.device)
         while self.step < stop:
             lr = self.engine.get_lr()[0]
             log_now = (self.step + 1) % self.config.logging.log_every == 0 or self.step + 1 == stop
-            for micro in range(self.accumulation):
-                started = time.perf_counter()
-                input_ids, labels = next(batches)
-                window.data_wait += time.perf_counter() - started
-                input_ids = input_ids.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                loss = self.loss(input_ids, labels)
-                self.engine.backward(loss)
-                if log_now and norm_from_grads and micro == self.accumulation - 1:
-                    grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-                    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-                self.engine.step()
-                window.loss_sum += loss.detach()
-                window.micro_batches += 1
-            self.step += 1
-            self.consumed_samples += t.global_batch_size
-            window.steps += 1
+            grad_norm = self.train_step(batches, window, need_grad_norm=log_now)
             if log_now:
-                if not norm_from_grads:
-                    grad_norm = self.engine.get_global_grad_norm()
                 self._log(window, lr, grad_norm, stop)
-                window = _Window(self.device)
+                window = Window(self.device)
             eval_every = self.config.eval.eval_every
             if (eval_every and self.step % eval_every == 0) or self.step == stop:
                 window.paused += self._timed(self.evaluate)
@@ -265,7 +285,7 @@ class Trainer:
             print(f"done: step {self.step}; run directory {self.run_dir}; "
                   f"TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}", flush=True)
 
-    def _log(self, window: _Window, lr: float, grad_norm: float | torch.Tensor | None, stop: int) -> None:
+    def _log(self, window: Window, lr: float, grad_norm: float | torch.Tensor | None, stop: int) -> None:
         loss = window.loss_sum.clone()
         torch.distributed.all_reduce(loss)
         elapsed = time.perf_counter() - window.started - window.paused
@@ -359,7 +379,7 @@ class Trainer:
         return time.perf_counter() - started
 
 
-class _Window:
+class Window:
     """What accumulates between two logged steps."""
 
     def __init__(self, device: torch.device) -> None:

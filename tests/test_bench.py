@@ -42,48 +42,63 @@ def test_vary_overrides():
 
 def test_time_steps_splits_each_step_into_its_phases():
     durations = {"forward": 0.02, "backward": 0.03, "optimizer": 0.01}
+    after_warmup = []
 
-    def micro_step(clock):
-        for phase in ("forward", "backward", "optimizer"):
-            time.sleep(durations[phase])
-            clock.mark()
+    def optimizer_step(mark):  # two micro-batches
+        for _ in range(2):
+            for phase in ("forward", "backward", "optimizer"):
+                time.sleep(durations[phase])
+                mark()
 
-    timing = bench.time_steps(micro_step, torch.device("cpu"), warmup=1, steps=3)
-    for phase, seconds in durations.items():
-        assert seconds * 1e3 <= getattr(timing, f"{phase}_ms") < seconds * 1e3 + 15, phase
-    assert timing.step_ms == pytest.approx(timing.forward_ms + timing.backward_ms + timing.optimizer_ms)
+    timing = bench.time_steps(optimizer_step, torch.device("cpu"), accumulation=2, warmup=1, steps=3,
+                              after_warmup=lambda: after_warmup.append(True))
+    assert after_warmup == [True]
+    for phase in ("forward", "backward"):  # per micro-batch
+        assert durations[phase] * 1e3 <= getattr(timing, f"{phase}_ms") < durations[phase] * 1e3 + 15, phase
+    assert 2 * durations["optimizer"] * 1e3 <= timing.optimizer_ms < 2 * durations["optimizer"] * 1e3 + 30
+    assert timing.step_ms == pytest.approx(2 * (timing.forward_ms + timing.backward_ms) + timing.optimizer_ms)
+    with pytest.raises(RuntimeError, match="3 marks per micro-batch"):
+        bench.time_steps(optimizer_step, torch.device("cpu"), accumulation=1, warmup=0, steps=1)
 
 
 @pytest.mark.slow
 def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
-    out, run_dir = tmp_path / "bench.json", tmp_path / "run"
+    out, run_dir, profiles = tmp_path / "bench.json", tmp_path / "run", tmp_path / "profiles"
     result = subprocess.run(
         smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml",
                     "--set", f"data.path={tiny_data}", f"train.out_dir={run_dir}", "model.vocab_size=512",
                     "train.micro_batch_size=2", "train.global_batch_size=4", "data.num_workers=0",
                     "--vary", "train.activation_checkpointing=0,1", "--steps", "2", "--warmup", "1",
-                    "--baseline", "eager", "--out", out),
+                    "--baseline", "eager", "--baseline-micro-batch", "2,4", "--profile", profiles, "--out", out),
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
     assert names == ["trainer train.activation_checkpointing=0", "trainer train.activation_checkpointing=1",
-                     "hf-eager"]
-    trainer_rows, baseline = report["results"][:2], report["results"][2]
+                     "hf-eager mb2", "hf-eager mb4"]
+    trainer_rows, baselines = report["results"][:2], report["results"][2:]
     for row in report["results"]:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"]
-        assert row["step_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"] + row["optimizer_ms"])
+        accumulation = row["accumulation"]
+        assert row["step_ms"] == pytest.approx(accumulation * (row["forward_ms"] + row["backward_ms"])
+                                               + row["optimizer_ms"])
         assert row["peak_mem_gib"] > 0
+        # optimizer steps of micro-batch x accumulation samples; the tiny model's loss starts near ln(512).
+        assert row["tokens_per_s"] == pytest.approx(
+            row["micro_batch_size"] * accumulation * row["seq_len"] / (row["step_ms"] / 1e3))
+        assert 4.0 < row["loss"] < 8.0
     for row in trainer_rows:
         assert row["micro_batch_size"] == 2 and row["accumulation"] == 2
-        # micro-steps of 2 samples; the tiny model's loss starts near ln(512).
-        assert row["tokens_per_s"] == pytest.approx(2 * row["seq_len"] / (row["step_ms"] / 1e3))
         assert 0 <= row["data_wait_ms"] < row["step_ms"]
-        assert 4.0 < row["loss"] < 8.0
+    assert [(b["micro_batch_size"], b["accumulation"]) for b in baselines] == [(2, 1), (4, 1)]
     assert [r["activation_checkpointing"] for r in trainer_rows] == [0, 1]
-    assert report["speedup_vs_baseline"]["trainer train.activation_checkpointing=0"] == pytest.approx(
-        trainer_rows[0]["tokens_per_s"] / baseline["tokens_per_s"])
-    assert "tokens/s" in result.stdout and "x the hf-eager baseline" in result.stdout
+    assert report["speedup_vs_baseline"]["trainer train.activation_checkpointing=0"]["hf-eager mb4"] == \
+        pytest.approx(trainer_rows[0]["tokens_per_s"] / baselines[1]["tokens_per_s"])
+    assert "tokens/s" in result.stdout and "x hf-eager mb2" in result.stdout
+    # one profiler table per trainer config, naming the model's matmuls
+    tables = sorted(p.name for p in profiles.iterdir())
+    assert tables == ["profile-0.txt", "profile-1.txt"]
+    assert "aten::mm" in (profiles / "profile-0.txt").read_text()
     assert not run_dir.exists()  # a bench never writes into the configured run directory
 
 
@@ -92,3 +107,7 @@ def test_bench_cli_rejects_bad_flags(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("smollm2 bench: error: --steps")
+    result = subprocess.run(smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--baseline",
+                                        "--baseline-micro-batch", "128,x"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--baseline-micro-batch 128,x: expected positive integers" in result.stderr

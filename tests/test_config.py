@@ -98,6 +98,13 @@ def test_batch_divisibility_depends_on_world_size():
     assert load_config(None, overrides, world_size=2).train.gradient_accumulation_steps(2) == 1
     with pytest.raises(UserError, match="train.micro_batch_size x world size = 4 x 3"):
         load_config(None, overrides, world_size=3)
+    # The micro-batch is an upper bound: 8 ranks share the 8 samples one each, without accumulation.
+    train = load_config(None, overrides, world_size=8).train
+    assert (train.micro_batch_size, train.gradient_accumulation_steps(8)) == (1, 1)
+    # configs/smollm2-135m.yaml: 256 a step on 1 GPU (accumulation 4), 128 each on 8 (no accumulation).
+    for world_size, expected in ((1, (256, 4)), (4, (256, 1)), (8, (128, 1))):
+        train = load_config(ROOT / "configs" / "smollm2-135m.yaml", world_size=world_size).train
+        assert (train.micro_batch_size, train.gradient_accumulation_steps(world_size)) == expected
 
 
 def test_override_into_scalar_is_refused():

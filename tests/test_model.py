@@ -223,6 +223,32 @@ def test_manual_attention_equals_sdpa():
         assert rel_err(manual, sdpa) <= 1e-5
 
 
+def _set_fast_paths(model: SmolLM2ForCausalLM, on: bool) -> None:
+    for layer in model.model.layers:
+        layer.self_attn.sdpa_gqa = layer.mlp.fused_gate_up = on
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 6])
+def test_fused_projections_and_gqa_sdpa_match_the_plain_modules(kv_heads):
+    """One matmul on concatenated gate/up weights and un-repeated KV heads: the spec's numbers."""
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(SmolLM2Config(**{**TINY, "num_key_value_heads": kv_heads}))
+    ids = torch.randint(0, 97, (2, 16))
+
+    def run(fast: bool):
+        _set_fast_paths(model, fast)
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fast_logits, fast_grads = run(True)
+    plain_logits, plain_grads = run(False)
+    assert rel_err(fast_logits, plain_logits) <= 1e-6
+    for name, grad in plain_grads.items():
+        assert rel_err(fast_grads[name], grad) <= 1e-5, name
+
+
 def test_kv_cache_equals_full_forward():
     model = SmolLM2ForCausalLM(SmolLM2Config(**TINY)).eval()
     ids = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(0))

@@ -5,11 +5,9 @@
 #   1. `smollm2 bench` of the config (micro-batch 256, accumulation 4) with activation checkpointing off,
 #      selective, every 2nd layer and every layer, and the transformers + torch.compile baseline at
 #      micro-batch 128 and 256, all in one process; a profiler table of each config's step;
-#   2. bench/step_explore.py follow-ups (random tokens): gate/up as one matmul, inductor's
-#      coordinate-descent tuning;
-#   3. 200 training steps on Shakespeare through the fast path and through the plain path (no compile,
+#   2. 200 training steps on Shakespeare through the fast path and through the plain path (no compile,
 #      logits + cross-entropy, DeepSpeed bf16 weights), compared by bench/compare_runs.py.
-# Writes under $OUT: final.log, bench_main.json, prof/, explore.jsonl, metrics_fast.jsonl, metrics_plain.jsonl.
+# Writes under $OUT: final.log, bench_main.json, prof/, metrics_fast.jsonl, metrics_plain.jsonl.
 #   bash bench/final_h200.sh
 set -u
 START=$(date +%s)
@@ -23,13 +21,9 @@ note() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
 CFG=configs/smollm2-135m.yaml
 DATA="data.path=data/bench-shakespeare"
 note "bench: the config, activation checkpointing settings, baselines"
-timeout 260 python3 -m smollm2 bench --config $CFG --set $DATA --vary train.activation_checkpointing=0,selective,2,1 \
-  --steps 3 --warmup 1 --baseline --baseline-micro-batch 128,256 --profile "$OUT/prof" --out "$OUT/bench_main.json" \
+timeout 330 python3 -m smollm2 bench --config $CFG --set $DATA --vary train.activation_checkpointing=0,selective,2,1 \
+  --steps 12 --warmup 2 --baseline --baseline-micro-batch 128,256 --profile "$OUT/prof" --out "$OUT/bench_main.json" \
   >> "$LOG" 2>&1
-note "step_explore follow-ups"
-timeout 150 python3 bench/step_explore.py --out "$OUT" --deadline-s 110 --only ds0-autocast-foreachclip-gqa-mb256 \
-  ds0-autocast-foreachclip-gqa-fusedgateup-mb256 ds0-autocast-foreachclip-gqa-coorddesc-mb256 \
-  ds0-autocast-foreachclip-gqa-fusedgateup-coorddesc-mb256 >> "$LOG" 2>&1
 # 200-step comparison: 32 x 512 tokens a step, about 2 epochs of the 1.5M training tokens.
 RUN="train.max_steps=200 train.micro_batch_size=32 train.global_batch_size=32 schedule.warmup_steps=20
      logging.log_every=1 eval.eval_every=0 checkpoint.save_every=0 data.num_workers=2"
@@ -44,4 +38,3 @@ cp /tmp/run_fast/metrics.jsonl "$OUT/metrics_fast.jsonl"; cp /tmp/run_plain/metr
 note "done"
 grep -E "^(NVIDIA|bench |trainer|hf-)|x hf-|rror|out of memory|^step 200|val loss" "$LOG" | tail -30
 python3 bench/compare_runs.py /tmp/run_fast /tmp/run_plain --last 50
-[ -f "$OUT/explore.jsonl" ] && python3 bench/step_explore.py --table "$OUT/explore.jsonl"

@@ -67,7 +67,6 @@ class Variant:
     sdpa: str = "default"  # "default" | "flash" | "cudnn" | "efficient"
     clip: str = "engine"  # "engine": DeepSpeed's gradient_clipping | "foreach": torch's, before engine.step
     residual: str = "autocast"  # under autocast, the residual stream in "autocast" dtype (the model's default) | "fp32"
-    fused_gate_up: bool = False  # one matmul for gate and up on their concatenated weights
     gqa: bool = True  # SDPA's enable_gqa on the un-repeated KV heads (the model's default) | repeat_kv copies
     coordinate_descent: bool = False  # inductor's coordinate-descent tuning of its kernels' block sizes
 
@@ -99,17 +98,17 @@ def followup_variants() -> list[Variant]:
     ]
 
 
-def fusion_variants() -> list[Variant]:
-    """Second session, first call: one matmul for q/k/v and one for gate/up (a `fused` switch then, since
-    removed: q/k/v fused cost 10 %) and enable_gqa, at micro-batch 128 and 256. Second call: gate/up alone
-    and inductor's coordinate-descent tuning, at 256 (the micro-batch the config now uses)."""
-    now = Variant("ds0-autocast-foreachclip-gqa-mb256", precision="autocast", clip="foreach", micro_batch=256)
+def gqa_variants() -> list[Variant]:
+    """Second session: SDPA's enable_gqa against repeat_kv's copies, and inductor's coordinate-descent
+    tuning, with the trainer's foreach clipping, at micro-batch 128 and 256. (The same calls measured q/k/v
+    and gate/up as single matmuls on concatenated weights: slower, and removed; bench/RESULTS.md.)"""
+    now = Variant("ds0-autocast-foreachclip-gqa", precision="autocast", clip="foreach")
     return [
+        replace(now, name="ds0-autocast-foreachclip-repeatkv", gqa=False),
         now,
-        replace(now, name="ds0-autocast-foreachclip-gqa-fusedgateup-mb256", fused_gate_up=True),
-        replace(now, name="ds0-autocast-foreachclip-gqa-coorddesc-mb256", coordinate_descent=True),
-        replace(now, name="ds0-autocast-foreachclip-gqa-fusedgateup-coorddesc-mb256", fused_gate_up=True,
-                coordinate_descent=True),
+        replace(now, name="ds0-autocast-foreachclip-repeatkv-mb256", gqa=False, micro_batch=256),
+        replace(now, name="ds0-autocast-foreachclip-gqa-mb256", micro_batch=256),
+        replace(now, name="ds0-autocast-foreachclip-gqa-coorddesc-mb256", micro_batch=256, coordinate_descent=True),
     ]
 
 
@@ -161,7 +160,6 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
         model.set_activation_checkpointing(1, selective=True)
     model.model.autocast_residual = variant.residual == "autocast"
     for layer in model.model.layers:
-        layer.mlp.fused_gate_up = variant.fused_gate_up
         layer.self_attn.sdpa_gqa = variant.gqa
     import torch._inductor.config as inductor_config
     inductor_config.coordinate_descent_tuning = variant.coordinate_descent
@@ -365,7 +363,7 @@ def main() -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    base = [v for v in base_variants() + followup_variants() + fusion_variants() if v.name in args.only] if args.only \
+    base = [v for v in base_variants() + followup_variants() + gqa_variants() if v.name in args.only] if args.only \
         else base_variants()
     measured = [(v, attempt(v)) for v in base]
     if not args.only:

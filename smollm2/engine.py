@@ -151,13 +151,9 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         for layer in model.model.layers:
             layer.compile()
     if config.deepspeed.zero_stage == 3:
-        # ZeRO-3 gathers a module's weights around that module's own forward. These are read by a parent
-        # instead: lm_head's by the fused LM-head loss in the top module, gate/up's by the MLP when it
-        # multiplies by their concatenation (SmolLM2MLP.fused_gate_up).
+        # The training loss reads lm_head.weight in the top module's forward (the fused LM-head loss),
+        # not through lm_head's own forward: ZeRO-3 must gather that weight there too.
         deepspeed.zero.register_external_parameter(model, model.lm_head.weight)
-        for layer in model.model.layers:
-            for proj in (layer.mlp.gate_proj, layer.mlp.up_proj):
-                deepspeed.zero.register_external_parameter(layer.mlp, proj.weight)
     o = config.optimizer
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay), lr=o.lr, betas=tuple(o.betas),
                                   eps=o.eps, fused=torch.cuda.is_available())

@@ -223,20 +223,16 @@ def test_manual_attention_equals_sdpa():
         assert rel_err(manual, sdpa) <= 1e-5
 
 
-def _set_fast_paths(model: SmolLM2ForCausalLM, on: bool) -> None:
-    for layer in model.model.layers:
-        layer.self_attn.sdpa_gqa = layer.mlp.fused_gate_up = on
-
-
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])
-def test_fused_projections_and_gqa_sdpa_match_the_plain_modules(kv_heads):
-    """One matmul on concatenated gate/up weights and un-repeated KV heads: the spec's numbers."""
+def test_gqa_sdpa_matches_repeated_kv_heads(kv_heads):
+    """SDPA's enable_gqa on the un-repeated KV heads: the same logits and gradients as repeat_kv's copies."""
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(SmolLM2Config(**{**TINY, "num_key_value_heads": kv_heads}))
     ids = torch.randint(0, 97, (2, 16))
 
-    def run(fast: bool):
-        _set_fast_paths(model, fast)
+    def run(gqa: bool):
+        for layer in model.model.layers:
+            layer.self_attn.sdpa_gqa = gqa
         model.zero_grad(set_to_none=True)
         out = model(ids, labels=ids)
         out.loss.backward()

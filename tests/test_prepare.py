@@ -72,6 +72,28 @@ def test_round_trip_across_document_boundaries(tmp_path, smollm2_tokenizer_dir):
     assert train_text.startswith(tok.decode(tokens, skip_special_tokens=False))
 
 
+def test_local_inputs_never_touch_the_network(tmp_path, monkeypatch, smollm2_tokenizer_dir):  # noqa: F811
+    import socket
+
+    lookups = []
+
+    def no_network(host, *args, **kwargs):
+        lookups.append(host)
+        raise OSError(f"no network in this test (asked for {host})")
+
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    # As on a machine with a network (the test session runs offline): the Hub is reachable in principle.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    write_inputs(tmp_path / "in")
+    prepare([str(tmp_path / "in")], smollm2_tokenizer_dir, tmp_path / "out", val_docs=1)
+    assert lookups == []
+
+
 def test_val_split_is_a_seeded_choice_of_whole_documents(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
     docs = [f"Document number {i}." for i in range(40)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))

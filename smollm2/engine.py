@@ -83,6 +83,10 @@ def deepspeed_config(config: Config, world_size: int, dtype: torch.dtype) -> dic
         "torch_autocast": {"enabled": dtype == torch.bfloat16, "dtype": "bfloat16"},
         "steps_per_print": 2**62,  # we print our own progress
         "wall_clock_breakdown": False,
+        # DeepSpeed's samples/s timer synchronizes the device at every forward and engine.step(): the GPU
+        # then idles while the host fetches the next batch (8 ms of a 1.23 s step on an H200, 0.65 %).
+        # We time steps ourselves.
+        "timers": {"throughput": {"enabled": False}},
     }
     if config.deepspeed.overrides_file:
         path = config.deepspeed.overrides_file

@@ -10,7 +10,10 @@ checkpoint's client state, next to every rank's RNG states and the model config.
 
 Order of one optimizer step: `accumulation` micro-batches of forward, backward and engine.step()
 (DeepSpeed averages the gradients over ranks and micro-batches and steps the optimizer and LR
-schedule on the last), then log / eval / save when due. Step s uses learning rate lr * f(s).
+schedule on the last), then log / eval / save when due, then the ranks agree (one scalar all_reduce)
+whether any of them got SIGTERM or SIGUSR1 (preemption, a time limit near; over gloo): if so, all save a checkpoint
+at that step and the job ends with exit status 0, for a rerun to resume. Step s uses learning rate
+lr * f(s).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import gc
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -143,6 +148,10 @@ class Trainer:
         self.num_parameters = model.num_parameters()
 
         self.device = init_distributed(env)
+        # The per-step stop-signal vote goes over gloo on CPU tensors: over NCCL, reading its result would
+        # wait for the GPU to finish the step, and the next step could not be queued behind it. (A group of
+        # its own on CPU-only runs too, so that every run takes this one code path.)
+        self.cpu_group = torch.distributed.new_group(backend="gloo")
         self.dtype = resolve_dtype(config.train.dtype, self.device)
         self.engine, self.grad_clip = build_engine(config, model.to(self.device), env.world_size, self.dtype)
         # DeepSpeed's optimizer wrappers (ZeRO, bf16 weights) clip and report the gradient norm; around
@@ -203,7 +212,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def batches(self):
+    def batches(self, worker_init_fn: Callable[[int], None] | None = None):
         """This rank's (input_ids, next tokens) micro-batches from the current data position, endlessly."""
         from smollm2.data import DistributedBlockSampler
 
@@ -213,7 +222,7 @@ class Trainer:
         workers = self.config.data.num_workers
         loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, num_workers=workers,
                                              pin_memory=self.device.type == "cuda",
-                                             prefetch_factor=4 if workers else None)
+                                             prefetch_factor=4 if workers else None, worker_init_fn=worker_init_fn)
         return iter(loader)
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -265,7 +274,35 @@ class Trainer:
     def fit(self) -> None:
         stop = self.config.train.stop_at or self.config.train.max_steps
         self._print_header(stop)
-        batches = self.batches()
+        # The handlers go in before the DataLoader workers fork, and the workers ignore the stop signals:
+        # SLURM signals every process of a job step, and torch's own SIGTERM handler would end a worker,
+        # which fails the step in progress ("DataLoader worker (pid N) is killed by signal: Terminated").
+        with StopSignals() as signals:
+            batches = self.batches(worker_init_fn=ignore_stop_signals)
+            try:
+                stopped_by = self._train_until(stop, batches, signals)
+            finally:
+                # Stop the workers here, on errors too: they ignore the SIGTERM with which Python's exit
+                # would end them, and a traceback can hold the iterator until then.
+                if hasattr(batches, "_shutdown_workers"):  # torch's own cleanup; no workers at data.num_workers=0
+                    batches._shutdown_workers()
+        if stopped_by:
+            # The job exits 0: its checkpoint is complete and the stop was asked for. Whether it runs again
+            # is the scheduler's call, not the exit status's (SLURM requeues a preempted --requeue job
+            # itself; launch/slurm/*.sbatch requeue after the time-limit signal); a non-zero status would
+            # read as a crash: torchrun restarts workers (--max-restarts), the deepspeed launcher kills the
+            # other ranks, srun --kill-on-bad-exit ends the step, and sacct reports the step FAILED.
+            self._print(f"stopped at step {self.step} on {signal.Signals(stopped_by).name}, checkpoint saved: run the "
+                        "same `smollm2 train` command to resume from it (--resume auto, the default)")
+        elif self.env.is_main:
+            print(f"done: step {self.step}; run directory {self.run_dir}; "
+                  f"TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}", flush=True)
+
+    def _train_until(self, stop: int, batches, signals: StopSignals) -> int:
+        """Train, eval and save up to step `stop`, or to the step at which some rank got a stop signal.
+
+        Returns that signal's number (0: none). A stop saves a checkpoint at its step.
+        """
         window = Window(self.device)
         while self.step < stop:
             lr = self.engine.get_lr()[0]
@@ -278,12 +315,20 @@ class Trainer:
             if (eval_every and self.step % eval_every == 0) or self.step == stop:
                 window.paused += self._timed(self.evaluate)
             save_every = self.config.checkpoint.save_every
-            if (save_every and self.step % save_every == 0) or self.step == stop:
+            saved = (save_every and self.step % save_every == 0) or self.step == stop
+            if saved:
                 window.paused += self._timed(self.save)
-        del batches  # stops the DataLoader workers
-        if self.env.is_main:
-            print(f"done: step {self.step}; run directory {self.run_dir}; "
-                  f"TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}", flush=True)
+            if self.step < stop and (stopped_by := self._agreed_stop_signal(signals)):
+                if not saved:
+                    self.save()
+                return stopped_by
+        return 0
+
+    def _agreed_stop_signal(self, signals: StopSignals) -> int:
+        """The stop signal some rank has received (0: none), the same on every rank. Collective: one scalar."""
+        flag = torch.tensor(signals.received)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.cpu_group)
+        return int(flag)
 
     def _log(self, window: Window, lr: float, grad_norm: float | torch.Tensor | None, stop: int) -> None:
         loss = window.loss_sum.clone()
@@ -389,3 +434,40 @@ class Window:
         self.data_wait = 0.0
         self.paused = 0.0  # eval and checkpoint time, not counted in tokens/s
         self.started = time.perf_counter()
+
+
+# SLURM sends SIGUSR1 ahead of the time limit (sbatch --signal) and SIGTERM on preemption and scancel.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGUSR1 only note their number in `received`, for Trainer.fit to act on.
+
+    The step in progress and a checkpoint being written go on undisturbed by any number of signals.
+    The handlers replace whatever was there, SIG_IGN included (launch/slurm/multi_node.sbatch starts the
+    DeepSpeed launcher ignoring both, and the ranks inherit that), and what was there comes back on
+    exit. Python installs handlers only in the main thread; elsewhere the signals keep their effect.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig, handler in self._previous.items():
+            # None: a handler installed outside Python, which Python cannot put back.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the trainer decides when to stop, and stops its workers itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -1,0 +1,198 @@
+"""Graceful stop on SIGUSR1 / SIGTERM: the ranks agree on a step, checkpoint it, exit 0, and a rerun resumes.
+
+End to end, `smollm2 train` on 2 processes under torchrun (the tiny model of test_train): SIGUSR1 to
+one rank only (the other learns of it through the per-step all_reduce), then a rerun that resumes;
+SIGTERM to every process of both ranks, DataLoader workers included, as SLURM signals a job step.
+Unit level: the handler (notes, never re-enters, restores), the DataLoader workers, which must
+outlive the stop signals, and fit stopping those workers itself when training fails.
+"""
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import psutil
+import pytest
+import torch
+from conftest import free_port
+from test_train import MINI, TINY_YAML, read_rows, run_train, tiny_data  # noqa: F401 (a fixture)
+
+from smollm2.trainer import StopSignals, Trainer, ignore_stop_signals
+
+MAX_STEPS = 1_000_000  # never reached: only the signal ends the first job
+
+
+def start_train(log_dir, *settings: str) -> subprocess.Popen:
+    """`smollm2 train` on 2 processes under torchrun, output to files, in a session of its own."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "smollm2", "train", "--config", str(TINY_YAML), "--set", *MINI, *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
+        return subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+
+
+def wait_for_steps(run_dir, job: subprocess.Popen, steps: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and job.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and sum('"loss"' in line for line in metrics.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {steps} logged steps after {timeout} s (exit status {job.poll()})")
+
+
+def rank_process(job: subprocess.Popen, rank: int) -> psutil.Process:
+    """The torchrun worker with RANK=rank."""
+    for child in psutil.Process(job.pid).children():
+        if child.environ().get("RANK") == str(rank):
+            return child
+    raise AssertionError(f"torchrun has no worker with RANK={rank}")
+
+
+@pytest.mark.slow
+def test_one_rank_signalled_stops_every_rank_on_a_checkpoint_and_a_rerun_resumes(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = [f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
+                "checkpoint.save_every=0", "eval.eval_every=0"]
+    job = start_train(tmp_path, *settings)
+    try:
+        wait_for_steps(run_dir, job, 3)
+        rank_process(job, 1).send_signal(signal.SIGUSR1)  # rank 1 only: rank 0 learns it from the all_reduce
+        status = job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert status == 0, stdout[-3000:] + stderr[-6000:]
+    stopped = re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved: run the same `smollm2 train` command "
+                        r"to resume from it \(--resume auto, the default\)$", stdout, re.MULTILINE)
+    assert stopped, stdout[-3000:]
+    step = int(stopped.group(1))
+    assert 3 <= step < MAX_STEPS
+    checkpoints = run_dir / "checkpoints"
+    tag = f"step_{step:08d}"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [tag]
+    assert (checkpoints / "latest").read_text() == tag
+    # Each rank names the folder after its own step count: both shards there, both ranks stopped at `step`.
+    assert {p.name for p in (checkpoints / tag).glob("zero_pp_rank_*_optim_states.pt")} == {
+        f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)}
+    assert [row["step"] for row in read_rows(run_dir, "loss")] == list(range(1, step + 1))
+
+    resumed = run_train(2, *settings, f"train.stop_at={step + 2}")
+    header = next(line for line in resumed.stdout.splitlines() if line.startswith(("starting", "resuming")))
+    assert header.startswith(f"resuming from {checkpoints / tag} at step {step}:")
+    assert f"done: step {step + 2};" in resumed.stdout
+    assert (checkpoints / "latest").read_text() == f"step_{step + 2:08d}"
+    assert [row["step"] for row in read_rows(run_dir, "loss")] == list(range(1, step + 3))
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_ranks_stops_on_a_checkpoint(tiny_data, tmp_path):
+    """As srun delivers scancel's or a preemption's SIGTERM: to each rank and its DataLoader workers."""
+    run_dir = tmp_path / "run"
+    job = start_train(tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}",
+                      f"train.max_steps={MAX_STEPS}", "checkpoint.save_every=0", "eval.eval_every=0")
+    try:
+        wait_for_steps(run_dir, job, 2)
+        ranks = [rank_process(job, rank) for rank in (0, 1)]
+        processes = [process for rank in ranks for process in (rank, *rank.children(recursive=True))]
+        assert len(processes) >= 4  # each rank has a DataLoader worker (data.num_workers=1)
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper process may be gone
+                process.send_signal(signal.SIGTERM)
+        status = job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert status == 0, stdout[-3000:] + stderr[-6000:]
+    step = int(re.search(r"^stopped at step (\d+) on SIGTERM, checkpoint saved", stdout, re.MULTILINE).group(1))
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:08d}"
+
+
+def test_stop_signals_are_noted_and_the_previous_handlers_come_back():
+    def previous(signum, frame):
+        raise AssertionError("the previous handler ran inside StopSignals")
+
+    saved = [signal.signal(sig, previous) for sig in (signal.SIGTERM, signal.SIGUSR1)]
+    try:
+        with StopSignals() as signals:
+            assert signals.received == 0
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert signals.received == signal.SIGUSR1
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal (while saving, say) is noted, nothing more
+            assert signals.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is previous and signal.getsignal(signal.SIGUSR1) is previous
+    finally:
+        for sig, handler in zip((signal.SIGTERM, signal.SIGUSR1), saved):
+            signal.signal(sig, handler)
+
+
+def test_stop_signals_outside_the_main_thread_leave_the_handlers_alone():
+    before = signal.getsignal(signal.SIGUSR1)
+    during = []
+
+    def fit_in_a_thread():
+        with StopSignals():
+            during.append(signal.getsignal(signal.SIGUSR1))
+
+    thread = threading.Thread(target=fit_in_a_thread)
+    thread.start()
+    thread.join()
+    assert during == [before]
+
+
+class Counting(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1_000_000
+
+    def __getitem__(self, index):
+        time.sleep(0.002)
+        return index
+
+
+def test_fit_stops_its_dataloader_workers_when_training_fails():
+    """They ignore SIGTERM, with which Python's exit ends them: unless fit does, a failed job hangs at exit."""
+    class FailingTrainer:  # what Trainer.fit uses of its trainer
+        config = SimpleNamespace(train=SimpleNamespace(stop_at=None, max_steps=10))
+
+        def _print_header(self, stop):
+            pass
+
+        def batches(self, worker_init_fn):
+            self.iterator = iter(torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1,
+                                                             worker_init_fn=worker_init_fn))
+            return self.iterator
+
+        def _train_until(self, stop, batches, signals):
+            next(batches)
+            raise ValueError("a failed step")
+
+    trainer = FailingTrainer()
+    try:
+        with pytest.raises(ValueError, match="a failed step"):
+            Trainer.fit(trainer)
+        assert not trainer.iterator._workers[0].is_alive()
+    finally:
+        trainer.iterator._shutdown_workers()  # else this test's own exit would hang on a failure
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_dataloader_workers_outlive_the_stop_signals(sig):
+    """SLURM signals every process of the step; torch's SIGTERM handler would end the worker, failing the step."""
+    batches = iter(torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1,
+                                               worker_init_fn=ignore_stop_signals))
+    try:
+        next(batches)
+        # From another process, as SLURM sends it: torch's worker exits quietly on its parent's SIGTERM.
+        kill = f"import os; os.kill({batches._workers[0].pid}, {int(sig)})"
+        subprocess.run([sys.executable, "-c", kill], check=True)
+        time.sleep(0.5)
+        assert [next(batches).tolist() for _ in range(50)][-1] == [200, 201, 202, 203]
+    finally:
+        batches._shutdown_workers()

@@ -212,8 +212,8 @@ def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tfl
         timing = time_steps(optimizer_step, device, 1, warmup, steps)
         n_params = sum(p.numel() for p in params)
         flops_per_token = 6 * n_params + 12 * arch.num_hidden_layers * arch.hidden_size * seq
-        row = result_row(f"hf-{mode} mb{micro_batch}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops, device,
-                         float(last_loss[0]))
+        row = result_row(f"hf-{mode} mb{micro_batch}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops,
+                         device, float(last_loss[0]))
         row.update(micro_batch_size=micro_batch, seq_len=seq, accumulation=1)
         return row
     finally:
@@ -272,7 +272,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
              f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"]
     for r in rows:
         datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
-        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} {r['tokens_per_s']:10,.0f} "
+        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} "
+                     f"{r['tokens_per_s']:10,.0f} "
                      f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
                      f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
                      f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
@@ -341,8 +342,8 @@ def run(args: argparse.Namespace) -> int:
         "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows, "errors": errors,
     }
     if baselines:
-        result["speedup_vs_baseline"] = {r["name"]: {b["name"]: r["tokens_per_s"] / b["tokens_per_s"] for b in baselines}
-                                         for r in trainer_rows}
+        result["speedup_vs_baseline"] = {
+            r["name"]: {b["name"]: r["tokens_per_s"] / b["tokens_per_s"] for b in baselines} for r in trainer_rows}
     if env.is_main:
         print(f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
               + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed optimizer steps")

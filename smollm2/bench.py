@@ -17,7 +17,8 @@ and peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value
 the activation-checkpointing table); `--baseline` also times transformers' LlamaForCausalLM of the same
 shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, one
 optimizer step per micro-batch, as many micro-batches as the trainer's, so the ratio comes from one
-process on one GPU. `--profile DIR` writes torch.profiler's kernel table of one more step per config.
+process on one GPU. `--profile DIR` writes torch.profiler's kernel table of one more step per config
+and adds that step's NCCL kernel time to the row (communication_kernel_ms: overlapped with compute or not).
 The run directory is a temporary one: a bench never touches `train.out_dir`.
 
     smollm2 bench --config configs/smollm2-135m.yaml --baseline --out bench.json
@@ -122,8 +123,13 @@ def time_steps(optimizer_step: Callable[[Callable[[], None]], None], device: Any
                   backward_ms=backward / micro_batches, optimizer_ms=optimizer / steps)
 
 
-def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path) -> None:
-    """torch.profiler over one more optimizer step: the kernels by device time (host time on CPU)."""
+def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path | None) -> float:
+    """torch.profiler over one more optimizer step; writes its kernels by device time (host time on CPU)
+    to `path` (every rank profiles, so that collectives stay in step; rank 0 passes the path).
+
+    Returns the device time of the step's communication kernels (NCCL) in ms, overlapped with compute
+    or not: 0 on CPU, where gloo runs on the host.
+    """
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -132,8 +138,12 @@ def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: A
         optimizer_step(lambda: None)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=50, max_name_column_width=100) + "\n")
+    events = prof.key_averages()
+    if path is not None:
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        path.write_text(events.table(sort_by=sort, row_limit=50, max_name_column_width=100) + "\n")
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1e3
 
 
 def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: float,
@@ -153,8 +163,9 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: flo
                             after_warmup=lambda: window.__setitem__(0, Window(trainer.device)))
         timed = window[0]
         timing.data_wait_ms = 1e3 * timed.data_wait / steps
+        communication_ms = None
         if profile_to is not None:
-            profile_step(optimizer_step, trainer.device, profile_to)
+            communication_ms = profile_step(optimizer_step, trainer.device, profile_to if env.is_main else None)
         t, world = config.train, env.world_size
         row = result_row("trainer", timing, t.global_batch_size * config.model.block_size, world,
                          trainer.flops_per_token, peak_tflops, trainer.device,
@@ -163,7 +174,8 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: flo
                    accumulation=trainer.accumulation,
                    zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
                    compile=t.compile, activation_checkpointing=t.activation_checkpointing,
-                   ds_optimizer=type(trainer.engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops)
+                   ds_optimizer=type(trainer.engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops,
+                   communication_kernel_ms=communication_ms)
         return row
     finally:
         del batches  # stops the DataLoader workers
@@ -350,6 +362,10 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         for error in errors:
             print(f"{error['name']}: {error['error']}")
+        for row in trainer_rows:
+            if row["communication_kernel_ms"] is not None:
+                print(f"{row['name']}: communication kernels {row['communication_kernel_ms']:.1f} ms of the profiled "
+                      "step (overlapped with compute or not)")
         for name, ratios in result.get("speedup_vs_baseline", {}).items():
             print(f"{name}: " + ", ".join(f"{ratio:.3f}x {baseline}" for baseline, ratio in ratios.items()))
         if args.out:

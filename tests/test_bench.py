@@ -99,6 +99,7 @@ def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
     tables = sorted(p.name for p in profiles.iterdir())
     assert tables == ["profile-0.txt", "profile-1.txt"]
     assert "aten::mm" in (profiles / "profile-0.txt").read_text()
+    assert [row["communication_kernel_ms"] for row in trainer_rows] == [0.0, 0.0]  # gloo: no device kernels
     assert not run_dir.exists()  # a bench never writes into the configured run directory
 
 

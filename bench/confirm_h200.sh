@@ -7,13 +7,9 @@
 # confirm.log, metrics_config.jsonl, bench_repeat.json.
 #   bash bench/confirm_h200.sh
 set -u
-START=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device-wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind_smollm2
-[ -f data/bench-cache/ind_smollm2.tgz ] && tar xzf data/bench-cache/ind_smollm2.tgz -C /tmp
-LOG=$OUT/confirm.log
-note() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
+LOG_NAME=confirm.log
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
 
 CFG=configs/smollm2-135m.yaml
 note "train: 30 steps of the config"

@@ -10,13 +10,9 @@
 # Writes under $OUT: final.log, bench_main.json, prof/, metrics_fast.jsonl, metrics_plain.jsonl.
 #   bash bench/final_h200.sh
 set -u
-START=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device-wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind_smollm2
-[ -f data/bench-cache/ind_smollm2.tgz ] && tar xzf data/bench-cache/ind_smollm2.tgz -C /tmp
-LOG=$OUT/final.log
-note() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
+LOG_NAME=final.log
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
 
 CFG=configs/smollm2-135m.yaml
 DATA="data.path=data/bench-shakespeare"

@@ -16,16 +16,12 @@
 # Known before running: with ZeRO 3, torch.compile of the decoder layers traces DeepSpeed's per-submodule
 # hooks and recompiles (grad mode and hook-type guards; seen on CPU), so its row may show eager speed.
 set -u
-START=$(date +%s)
+LOG_NAME=scaling8.log
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
 GPU_COUNTS=${1:-1 2 4 8}
 TRAIN_STEPS=${2:-200}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device-wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH || exit 1
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind_smollm2 NCCL_NVLS_ENABLE=0
-[ -f data/bench-cache/ind_smollm2.tgz ] && tar xzf data/bench-cache/ind_smollm2.tgz -C /tmp
 [ -f data/bench-cache/bench_n1.json ] && [ ! -f "$OUT/bench_n1.json" ] && cp data/bench-cache/bench_n1.json "$OUT/"
-LOG=$OUT/scaling8.log
-note() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
 CFG=configs/smollm2-135m.yaml
 DATA=data.path=data/bench-shakespeare

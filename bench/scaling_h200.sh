@@ -8,13 +8,9 @@
 #      (every layer), side by side on GPUs 0 and 1.
 #   bash bench/scaling_h200.sh   ->  $OUT/scaling.log, $OUT/scaling.json, $OUT/ac_off.jsonl, $OUT/ac_on.jsonl
 set -u
-START=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device-wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH || exit 1
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind_smollm2 NCCL_NVLS_ENABLE=0
-[ -f data/bench-cache/ind_smollm2.tgz ] && tar xzf data/bench-cache/ind_smollm2.tgz -C /tmp
-LOG=$OUT/scaling.log
-note() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
+LOG_NAME=scaling.log
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
 CFG=configs/smollm2-135m.yaml
 COMMON="data.path=data/bench-shakespeare train.micro_batch_size=128 logging.log_every=5 eval.eval_every=0

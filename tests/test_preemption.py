@@ -46,6 +46,18 @@ def wait_for_steps(run_dir, job: subprocess.Popen, steps: int, timeout: float = 
     raise AssertionError(f"no {steps} logged steps after {timeout} s (exit status {job.poll()})")
 
 
+def stop_with_signals(tmp_path, job: subprocess.Popen, run_dir, after_steps: int, send) -> tuple[int, str, str]:
+    """Once `after_steps` steps are logged, call send(); the job's exit status, stdout and stderr."""
+    try:
+        wait_for_steps(run_dir, job, after_steps)
+        send()
+        status = job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    return status, (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+
+
 def rank_process(job: subprocess.Popen, rank: int) -> psutil.Process:
     """The torchrun worker with RANK=rank."""
     for child in psutil.Process(job.pid).children():
@@ -60,14 +72,9 @@ def test_one_rank_signalled_stops_every_rank_on_a_checkpoint_and_a_rerun_resumes
     settings = [f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
                 "checkpoint.save_every=0", "eval.eval_every=0"]
     job = start_train(tmp_path, *settings)
-    try:
-        wait_for_steps(run_dir, job, 3)
-        rank_process(job, 1).send_signal(signal.SIGUSR1)  # rank 1 only: rank 0 learns it from the all_reduce
-        status = job.wait(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    # Rank 1 only: rank 0 learns of it from the all_reduce.
+    status, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 3,
+                                               lambda: rank_process(job, 1).send_signal(signal.SIGUSR1))
     assert status == 0, stdout[-3000:] + stderr[-6000:]
     stopped = re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved: run the same `smollm2 train` command "
                         r"to resume from it \(--resume auto, the default\)$", stdout, re.MULTILINE)
@@ -97,19 +104,16 @@ def test_sigterm_to_every_process_of_the_ranks_stops_on_a_checkpoint(tiny_data, 
     run_dir = tmp_path / "run"
     job = start_train(tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}",
                       f"train.max_steps={MAX_STEPS}", "checkpoint.save_every=0", "eval.eval_every=0")
-    try:
-        wait_for_steps(run_dir, job, 2)
+
+    def sigterm_every_process():
         ranks = [rank_process(job, rank) for rank in (0, 1)]
         processes = [process for rank in ranks for process in (rank, *rank.children(recursive=True))]
         assert len(processes) >= 4  # each rank has a DataLoader worker (data.num_workers=1)
         for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper process may be gone
                 process.send_signal(signal.SIGTERM)
-        status = job.wait(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+
+    status, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 2, sigterm_every_process)
     assert status == 0, stdout[-3000:] + stderr[-6000:]
     step = int(re.search(r"^stopped at step (\d+) on SIGTERM, checkpoint saved", stdout, re.MULTILINE).group(1))
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:08d}"

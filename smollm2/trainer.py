@@ -10,10 +10,10 @@ checkpoint's client state, next to every rank's RNG states and the model config.
 
 Order of one optimizer step: `accumulation` micro-batches of forward, backward and engine.step()
 (DeepSpeed averages the gradients over ranks and micro-batches and steps the optimizer and LR
-schedule on the last), then log / eval / save when due, then the ranks agree (one scalar all_reduce)
-whether any of them got SIGTERM or SIGUSR1 (preemption, a time limit near; over gloo): if so, all save a checkpoint
-at that step and the job ends with exit status 0, for a rerun to resume. Step s uses learning rate
-lr * f(s).
+schedule on the last), then log / eval / save when due, then the ranks agree (one scalar all_reduce
+over gloo) whether any of them got SIGTERM or SIGUSR1 (preemption, a time limit near): if so, all save
+a checkpoint at that step and the job ends with exit status 0, for a rerun to resume. Step s uses
+learning rate lr * f(s).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "gguf": ["gguf>=0.10"],
-        "test": ["pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10"],
+        "test": ["pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["smollm2=smollm2.cli:main"]},
 )

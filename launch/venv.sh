@@ -3,7 +3,7 @@
 # Source it: `source launch/venv.sh`. Re-installs only when setup.py or this file changed.
 # torch is pinned to 2.13.0 here because on our CPU machines that is the CPU build lying on disk;
 # an unpinned torch would pull a multi-GB CUDA build. On a GPU cluster, install the project into your
-# own environment instead (`pip install -e .[mpi]`): setup.py only asks for torch>=2.4.
+# own environment instead (`pip install -e .[mpi]`): setup.py only asks for torch>=2.6.
 SMOLLM2_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SMOLLM2_VENV=${SMOLLM2_VENV:-$SMOLLM2_ROOT/.venv}
 

@@ -1,7 +1,13 @@
-"""smollm2.ops fast paths against the plain PyTorch expressions they replace: values and gradients, on CPU."""
+"""Fast paths against the plain PyTorch they replace, on CPU: smollm2.ops (values and gradients) and the trainer's clipping."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port
 
 from smollm2 import ops
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
@@ -166,3 +172,53 @@ def test_selective_checkpoint_keeps_matmul_outputs_and_recomputes_the_rest():
     assert ops._selective_policy(None, aten.mm.default) == CheckpointPolicy.MUST_SAVE
     assert ops._selective_policy(None, aten.mul.Tensor) == CheckpointPolicy.PREFER_RECOMPUTE
     assert ops._selective_policy(None, aten.silu.default) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+# The trainer's clipping at ZeRO 0 (torch's foreach clip, smollm2.trainer.Trainer.train_step) against what
+# DeepSpeed's engine would run there (deepspeed.runtime.utils.clip_grad_norm_), on the same gradients. In a
+# process of its own: DeepSpeed's clip needs a process group.
+CLIP_SCRIPT = """
+import json, os, sys
+import torch, deepspeed
+from deepspeed.runtime.utils import clip_grad_norm_ as deepspeed_clip
+from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+deepspeed.init_distributed(dist_backend="gloo")
+torch.manual_seed(0)
+model = SmolLM2ForCausalLM(SmolLM2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                         num_attention_heads=6, num_key_value_heads=2, block_size=32))
+ids = torch.randint(0, 97, (2, 16))
+model(ids, labels=ids).loss.backward()
+params = list(model.parameters())
+grads = [p.grad.clone() for p in params]
+norm_torch = torch.nn.utils.clip_grad_norm_(params, 0.5, foreach=True)
+clipped_torch = [p.grad.clone() for p in params]
+for p, g in zip(params, grads):
+    p.grad = g.clone()
+norm_deepspeed = deepspeed_clip(params, 0.5)
+print(json.dumps({
+    "norm_torch": float(norm_torch), "norm_deepspeed": float(norm_deepspeed),
+    "max_difference": max((a - b).abs().max().item() for a, b in zip(clipped_torch, (p.grad for p in params))),
+    "max_change": max((a - b).abs().max().item() for a, b in zip(grads, clipped_torch)),
+}))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_trainer_clipping_equals_deepspeeds():
+    result = subprocess.run([sys.executable, "-c", CLIP_SCRIPT, str(free_port())], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["norm_torch"] == pytest.approx(out["norm_deepspeed"], rel=1e-6) and out["norm_torch"] > 0.5
+    assert out["max_change"] > 0  # the clip did clip
+    assert out["max_difference"] <= 1e-7
+
+
+def test_who_clips_follows_the_deepspeed_config():
+    from smollm2.engine import deepspeed_clips
+
+    assert not deepspeed_clips({"zero_optimization": {"stage": 0}, "torch_autocast": {"enabled": True}})
+    assert deepspeed_clips({"zero_optimization": {"stage": 1}})
+    assert deepspeed_clips({"zero_optimization": {"stage": 0}, "bf16": {"enabled": True}})
+    assert deepspeed_clips({"zero_optimization": {"stage": 0}, "fp16": {"enabled": True}})

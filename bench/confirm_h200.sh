@@ -18,7 +18,7 @@ timeout 150 python3 -m smollm2 train --config $CFG --set data.path=data/bench-sh
   train.out_dir=/tmp/run_config --resume never >> "$LOG" 2>&1
 cp /tmp/run_config/metrics.jsonl "$OUT/metrics_config.jsonl"
 note "bench: the config and the baselines, again"
-timeout 200 python3 -m smollm2 bench --config $CFG --set data.path=data/bench-shakespeare --steps 3 --warmup 1 \
+timeout 330 python3 -m smollm2 bench --config $CFG --set data.path=data/bench-shakespeare --steps 12 --warmup 2 \
   --baseline --baseline-micro-batch 128,256 --out "$OUT/bench_repeat.json" >> "$LOG" 2>&1
 note "done"
 grep -E "^(starting|step |eval|  sample|saved|done|NVIDIA|bench |trainer|hf-)|x hf-|rror|out of memory" "$LOG" | cut -c1-230

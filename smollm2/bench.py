@@ -153,15 +153,19 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: flo
 
     trainer = Trainer(config, env)
     batches = trainer.batches()
-    window = [Window(trainer.device)]  # a fresh one after warm-up: the timed steps' losses and data wait
+    window = Window(trainer.device)
 
     def optimizer_step(mark: Callable[[], None]) -> None:
-        trainer.train_step(batches, window[0], mark=mark)
+        trainer.train_step(batches, window, mark=mark)
+
+    def start_timing() -> None:  # a fresh window: the timed steps' losses and data wait only
+        nonlocal window
+        window = Window(trainer.device)
 
     try:
         timing = time_steps(optimizer_step, trainer.device, trainer.accumulation, warmup, steps,
-                            after_warmup=lambda: window.__setitem__(0, Window(trainer.device)))
-        timed = window[0]
+                            after_warmup=start_timing)
+        timed = window
         timing.data_wait_ms = 1e3 * timed.data_wait / steps
         communication_ms = None
         if profile_to is not None:

@@ -13,8 +13,9 @@
 #   bash bench/scaling8_h200.sh "1 2" 0      then      bash bench/scaling8_h200.sh "4 8" 200
 # (the table reads every bench_n*.json under $OUT of that call; N=1 comes from the first call's files, so
 # copy its bench_n1.json back in as data/bench-cache/bench_n1.json, or include 1 in each call).
-# Known before running: with ZeRO 3, torch.compile of the decoder layers traces DeepSpeed's per-submodule
-# hooks and recompiles (grad mode and hook-type guards; seen on CPU), so its row may show eager speed.
+# Known before running (N=1, bench/RESULTS.md): ZeRO 3 runs compiled since each layer is a ZeRO-3 leaf and
+# memory_efficient_linear is off, at 283K tokens/s against ZeRO 1's 385K: its kernels take as long as ZeRO 1's,
+# the rest is DeepSpeed's hooks on the host.
 set -u
 LOG_NAME=scaling8.log
 # shellcheck source=bench/device_env.sh

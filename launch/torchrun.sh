@@ -35,7 +35,15 @@ elif nvidia-smi -L >/dev/null 2>&1; then
 else
   nproc_per_node=1
 fi
+# Stop signals: torchrun passes SIGTERM, SIGINT, SIGHUP and SIGQUIT on to the ranks, but SIGUSR1 (SLURM's
+# usual warning before the time limit, --signal=USR1@300) would kill torchrun itself and leave the ranks
+# without a launcher. Here it passes SIGUSR1 on too, and waits up to 280 s (not 30) for the ranks to finish
+# their step, save a checkpoint and exit. Older torch (< 2.9) lacks these flags: USR1 stays fatal there.
+torchrun_flags=$(torchrun --help 2>/dev/null || true)
+stop_signals=()
+[[ $torchrun_flags == *--signals-to-handle* ]] && stop_signals+=(--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1)
+[[ $torchrun_flags == *--shutdown-timeout* ]] && stop_signals+=(--shutdown-timeout 280)
 # A static rendezvous: rank 0's node hosts the store at MASTER_ADDR:MASTER_PORT.
 exec torchrun --nnodes "${NNODES:-1}" --node-rank "${NODE_RANK:-0}" --nproc-per-node "$nproc_per_node" \
-  --master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "${MASTER_PORT:-29500}" \
+  --master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "${MASTER_PORT:-29500}" "${stop_signals[@]}" \
   -m smollm2 train --config "$config" "$@"

@@ -283,17 +283,20 @@ def vary_overrides(vary: str | None) -> list[tuple[str, list[str]]]:
     return [(f"{key}={v}", [f"{key}={v}"]) for v in values.split(",")]
 
 
+TABLE_HEADER = (f"{'bench':42} {'mb':>4} {'acc':>3} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} "
+                f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}")
+
+
+def format_row(r: dict[str, Any]) -> str:
+    datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
+    return (f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} {r['tokens_per_s']:10,.0f} "
+            f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
+            f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
+            f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'bench':42} {'mb':>4} {'acc':>3} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} "
-             f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"]
-    for r in rows:
-        datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
-        lines.append(f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} "
-                     f"{r['tokens_per_s']:10,.0f} "
-                     f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
-                     f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
-                     f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEADER, *map(format_row, rows)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,6 +319,15 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
+
+    def finished(row: dict[str, Any]) -> dict[str, Any]:
+        """Completes a row and prints it at once, so that a bench cut off by a time limit keeps what it ran."""
+        row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
+        if env.is_main:
+            print(format_row(row), flush=True)
+        return row
+
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
         # Every config is read (and checked) before the first one runs. The run directory override comes
         # last, so it wins: a bench never writes into a real run directory.
@@ -323,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
                         args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size))
                    for i, (label, extra) in enumerate(vary_overrides(args.vary))]
         peak = measure_peak_tflops(device, resolve_dtype(configs[0][1].train.dtype, device))
+        if env.is_main:
+            print(TABLE_HEADER, flush=True)
         if args.profile:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
         for i, (name, config) in enumerate(configs):
@@ -334,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
                 errors.append({"name": name, "error": "CUDA out of memory"})
                 continue
             row["name"] = name
-            rows.append(row)
+            rows.append(finished(row))
         if not rows:
             raise RuntimeError(f"every configuration ran out of memory: {errors}")
         baselines = []
@@ -343,15 +357,12 @@ def run(args: argparse.Namespace) -> int:
             accumulation = config.train.gradient_accumulation_steps(env.world_size)
             for micro in baseline_micro_batches or [config.train.micro_batch_size]:
                 try:
-                    baselines.append(run_baseline(config, micro, args.baseline, device, peak,
-                                                  args.warmup * accumulation, args.steps * accumulation))
+                    baselines.append(finished(run_baseline(config, micro, args.baseline, device, peak,
+                                                           args.warmup * accumulation, args.steps * accumulation)))
                 except torch.cuda.OutOfMemoryError:
                     release_memory()
                     errors.append({"name": f"hf-{args.baseline} mb{micro}", "error": "CUDA out of memory"})
-    datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
     trainer_rows, rows = rows, rows + baselines
-    for row in rows:
-        row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
     result: dict[str, Any] = {
         "config": str(args.config), "overrides": args.overrides, "vary": args.vary, "steps": args.steps,
         "warmup": args.warmup, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
 import pytest
 import torch
-from conftest import free_port
+from conftest import ROOT, free_port
 from test_train import MINI, TINY_YAML, read_rows, run_train, tiny_data  # noqa: F401 (a fixture)
 
 from smollm2.trainer import StopSignals, Trainer, ignore_stop_signals
@@ -27,11 +28,20 @@ from smollm2.trainer import StopSignals, Trainer, ignore_stop_signals
 MAX_STEPS = 1_000_000  # never reached: only the signal ends the first job
 
 
-def start_train(log_dir, *settings: str) -> subprocess.Popen:
-    """`smollm2 train` on 2 processes under torchrun, output to files, in a session of its own."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "smollm2", "train", "--config", str(TINY_YAML), "--set", *MINI, *settings]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def start_train(log_dir, *settings: str, script: bool = False) -> subprocess.Popen:
+    """`smollm2 train` on 2 processes under torchrun, output to files, in a session of its own; through
+    launch/torchrun.sh with `script` (its process is then torchrun's)."""
+    port = str(free_port())
+    args = ["--config", str(TINY_YAML), "--set", *MINI, *settings]
+    if script:
+        cmd = ["bash", str(ROOT / "launch" / "torchrun.sh"), *args[1:]]
+        env = {**os.environ, "NPROC": "2", "MASTER_PORT": port,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               "-m", "smollm2", "train", *args]
+        env = os.environ.copy()
+    env["OMP_NUM_THREADS"] = "1"
     with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
         return subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
 
@@ -117,6 +127,20 @@ def test_sigterm_to_every_process_of_the_ranks_stops_on_a_checkpoint(tiny_data, 
     assert status == 0, stdout[-3000:] + stderr[-6000:]
     step = int(re.search(r"^stopped at step (\d+) on SIGTERM, checkpoint saved", stdout, re.MULTILINE).group(1))
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:08d}"
+
+
+@pytest.mark.slow
+def test_usr1_to_torchrun_of_the_launch_script_reaches_the_ranks(tiny_data, tmp_path):
+    """As SLURM's --signal=USR1@300 reaches a job step that runs launch/torchrun.sh: torchrun only. Without
+    --signals-to-handle, USR1 killed torchrun and the ranks saved nothing."""
+    run_dir = tmp_path / "run"
+    job = start_train(tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
+                      "checkpoint.save_every=0", "eval.eval_every=0", script=True)
+    _, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 2, lambda: job.send_signal(signal.SIGUSR1))
+    # torchrun itself then exits 1 (it re-raises the signal as an error once the ranks have ended).
+    stopped = re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved", stdout, re.MULTILINE)
+    assert stopped, stdout[-3000:] + stderr[-6000:]
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{int(stopped.group(1)):08d}"
 
 
 def test_stop_signals_are_noted_and_the_previous_handlers_come_back():

@@ -1,0 +1,93 @@
+"""How fast is the fused loss's per-chunk softmax/gradient pass, and can a formulation inductor fuses better win?
+
+The profile of the config's step (bench/RESULTS.md) shows smollm2.ops' chunk kernel at about 780 us per
+8192 x 49152 chunk, 64 times a step (4 % of it). Its minimum traffic is one read of the bf16 logits and one
+write of their bf16 gradient (1.6 GB, about 335 us at 4.8 TB/s). This times, compiled as smollm2.ops compiles
+it, each formulation of the pass on the same chunk, checks that they agree with the current one, and times the
+whole fused linear + cross-entropy (forward and backward, 131072 tokens as in one micro-batch of 256 x 512)
+for a few chunk sizes.
+
+    python bench/loss_kernel.py            # on the GPU (torch only, no DeepSpeed needed)
+    python bench/loss_kernel.py --tiny     # CPU check of every code path
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from smollm2 import ops
+
+
+def chunk_log_softmax(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
+                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same results as ops._chunk_loss_and_grad through log_softmax, which inductor can reduce online."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
+    loss_sum = torch.where(valid, -logp.gather(1, safe_targets[:, None])[:, 0], 0.0).sum()
+    is_target = torch.arange(logits.shape[1], device=logits.device)[None, :] == safe_targets[:, None]
+    row_scale = torch.where(valid, grad_scale, 0.0)[:, None]
+    grad = (torch.exp(logp) - is_target.to(torch.float32)) * row_scale
+    return loss_sum, grad.to(logits.dtype)
+
+
+VARIANTS = {"logsumexp (current)": ops._chunk_loss_and_grad, "log_softmax": chunk_log_softmax}
+
+
+def timed_ms(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="small shapes on CPU, to check the code paths")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    tokens, vocab, hidden_size, total = (64, 1000, 32, 512) if args.tiny else (8192, 49152, 576, 131072)
+    repeats = 2 if args.tiny else 20
+    torch.manual_seed(0)
+    logits = (torch.randn(tokens, vocab, device=device) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, vocab, (tokens,), device=device)
+    targets[::7] = -100
+    scale = torch.tensor(1.0 / tokens, device=device)
+    compile_ = (lambda f: torch.compile(f, dynamic=False)) if device.type == "cuda" else (lambda f: f)
+    reference = None
+    print(f"{device}: one chunk {tokens} x {vocab} bf16; minimum traffic {4 * tokens * vocab / 1e9:.2f} GB")
+    for name, fn in VARIANTS.items():
+        compiled = compile_(fn)
+        loss, grad = compiled(logits, targets, scale, -100)
+        if reference is None:
+            reference = (loss, grad.float())
+        loss_err = abs(float(loss - reference[0])) / abs(float(reference[0]))
+        grad_err = float((grad.float() - reference[1]).abs().max())
+        ms = timed_ms(lambda: compiled(logits, targets, scale, -100), device, repeats)
+        print(f"  {name:22} {ms * 1e3:8.1f} us  {4 * tokens * vocab / ms / 1e6:7.0f} GB/s at minimum traffic  "
+              f"loss rel err {loss_err:.1e}  grad max err {grad_err:.1e}")
+    hidden = torch.randn(total, hidden_size, device=device, dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(vocab, hidden_size, device=device) * 0.02).to(torch.bfloat16).requires_grad_()
+    all_targets = torch.randint(0, vocab, (total,), device=device)
+    print(f"whole fused linear + cross-entropy, {total} tokens, forward + backward:")
+    for chunk in (total // 32, total // 16, total // 8):
+        def step() -> None:
+            ops.fused_linear_cross_entropy(hidden, weight, all_targets, chunk_tokens=chunk).backward()
+        print(f"  chunk {chunk:6d} tokens: {timed_ms(step, device, max(1, repeats // 4)):8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

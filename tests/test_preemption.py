@@ -57,14 +57,22 @@ def wait_for_steps(run_dir, job: subprocess.Popen, steps: int, timeout: float = 
 
 
 def stop_with_signals(tmp_path, job: subprocess.Popen, run_dir, after_steps: int, send) -> tuple[int, str, str]:
-    """Once `after_steps` steps are logged, call send(); the job's exit status, stdout and stderr."""
+    """Once `after_steps` steps are logged, call send(); the job's exit status, stdout and stderr.
+
+    Whatever happens, no process of the job is left running: torchrun starts each rank in a session of its
+    own, which outlives torchrun if torchrun dies first."""
+    ranks: list[psutil.Process] = []
     try:
         wait_for_steps(run_dir, job, after_steps)
+        ranks = psutil.Process(job.pid).children(recursive=True)
         send()
         status = job.wait(timeout=120)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
+        for process in ranks:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
     return status, (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
 
 

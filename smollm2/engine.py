@@ -156,17 +156,15 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         model.set_activation_checkpointing(1, selective=True)
     else:
         model.set_activation_checkpointing(checkpointing)
-    if config.deepspeed.zero_stage == 3:
-        # Each decoder layer is one ZeRO-3 "leaf": the layer's own hook gathers all its weights at once and
-        # its Linears and norms get no hooks. So the compiled forward below holds no DeepSpeed code; with
-        # hooks on the children, dynamo traced them, split the layer's graph at each and recompiled.
-        from deepspeed.utils import set_z3_leaf_modules
-        set_z3_leaf_modules(model, [type(model.model.layers[0])])
     if config.train.compile:
         for layer in model.model.layers:
             # The forward, not the module call (nn.Module.compile): module hooks stay outside the graph.
             layer.forward = torch.compile(layer.forward)
     if config.deepspeed.zero_stage == 3:
+        # Each decoder layer is one ZeRO-3 "leaf": the layer's own hook gathers all its weights at once and
+        # its Linears and norms get no hooks. So the compiled forward holds no DeepSpeed code; with hooks
+        # on the children, dynamo traced them, split the layer's graph at each and recompiled.
+        deepspeed.utils.set_z3_leaf_modules(model, [type(model.model.layers[0])])
         # The training loss reads lm_head.weight in the top module's forward (the fused LM-head loss),
         # not through lm_head's own forward: ZeRO-3 must gather that weight there too.
         deepspeed.zero.register_external_parameter(model, model.lm_head.weight)

@@ -136,7 +136,8 @@ def test_deepspeed_config_from_ours(tmp_path):
     assert batch == (16, 8, 2)
     assert ds["gradient_clipping"] == 1.0 and ds["steps_per_print"] == 5
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds
-    assert ds["zero_optimization"] == {"stage": 3, "memory_efficient_linear": False, "overlap_comm": True}  # file merged, then `overrides`
+    # file merged, then `overrides`
+    assert ds["zero_optimization"] == {"stage": 3, "memory_efficient_linear": False, "overlap_comm": True}
     assert ds["timers"] == {"throughput": {"enabled": False}}  # no device sync at every forward and step
 
 

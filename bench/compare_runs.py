@@ -7,6 +7,7 @@ eval loss, its mean train loss over the last N logged steps, and the paired per-
 (fast - plain) with its standard error. The scale of the noise is the step-to-step spread of the
 plain run's loss over those steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,16 @@ def main() -> int:
     args = parser.parse_args()
     r = compare(args.fast, args.plain, args.last)
     print(json.dumps(r))
-    print(f"steps {r['steps'][0]}..{r['steps'][1]}: train loss fast {r['fast_mean_loss']:.4f}, plain "
-          f"{r['plain_mean_loss']:.4f}; paired difference {r['mean_diff']:+.4f} +- {r['diff_stderr']:.4f} (stderr); "
-          f"step-to-step std of the plain loss {r['plain_step_std']:.4f}")
+    print(
+        f"steps {r['steps'][0]}..{r['steps'][1]}: train loss fast {r['fast_mean_loss']:.4f}, plain "
+        f"{r['plain_mean_loss']:.4f}; paired difference {r['mean_diff']:+.4f} +- {r['diff_stderr']:.4f} (stderr); "
+        f"step-to-step std of the plain loss {r['plain_step_std']:.4f}"
+    )
     if r["fast_eval_loss"] is not None and r["plain_eval_loss"] is not None:
-        print(f"final eval loss: fast {r['fast_eval_loss']:.4f}, plain {r['plain_eval_loss']:.4f} "
-              f"({r['fast_eval_loss'] - r['plain_eval_loss']:+.4f})")
+        print(
+            f"final eval loss: fast {r['fast_eval_loss']:.4f}, plain {r['plain_eval_loss']:.4f} "
+            f"({r['fast_eval_loss'] - r['plain_eval_loss']:+.4f})"
+        )
     return 0
 
 

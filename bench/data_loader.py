@@ -8,7 +8,7 @@
 per sample, per micro-batch gather, and through a DataLoader with 0..N workers (pinned memory when CUDA is
 there). One H200 consumes about 440K tokens/s at the target MFU; the goal is >= 10M tokens/s (20x that).
 Then, per DataLoader, the wait for each batch while a simulated step of that GPU's duration runs: the
-share of step time the loader costs the training loop (design.md: < 1%).
+share of step time the loader costs the training loop (docs/design.md: < 1%).
 Without --data it writes a file of random ids (the page cache then holds it: this measures the pipeline,
 not the disk).
 
@@ -160,7 +160,7 @@ def main() -> None:
     loader.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     loader.add_argument("--seconds", type=float, default=5.0)
     loader.add_argument("--gpu-tokens-per-s", type=float, default=440_000,
-                        help="simulated consumer: one H200 at the target MFU (design.md)")
+                        help="simulated consumer: one H200 at the target MFU (docs/design.md)")
     loader.add_argument("--steps", type=int, default=50, help="simulated steps for the wait measurement")
     prep = sub.add_parser("prepare", help="prepare's MB/s and tokens/s vs tokenizers' encode_batch alone")
     prep.add_argument("--tokenizer", help="tokenizer.json or its folder (default: the SmolLM2 one from the GGUF)")

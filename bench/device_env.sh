@@ -1,6 +1,7 @@
 # Sourced by the bench/*_h200.sh scripts on the device machine, from the repository root:
 #   LOG_NAME=final.log; source bench/device_env.sh
-# Installs the carried .device-wheels (DeepSpeed and the rest the machine lacks, ../shared/device/README.md)
+# Installs the carried .device-wheels (DeepSpeed and the pure-Python packages the lent GPU machine lacks, staged
+# into the git-ignored .device-wheels/ before the call)
 # into /tmp/site, unpacks the carried inductor cache if there is one, and defines note(), which prints a
 # line with the seconds since START and appends it to $OUT/$LOG_NAME (LOG).
 START=$(date +%s)

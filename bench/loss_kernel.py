@@ -10,18 +10,21 @@ for a few chunk sizes.
     python bench/loss_kernel.py            # on the GPU (torch only, no DeepSpeed needed)
     python bench/loss_kernel.py --tiny     # CPU check of every code path
 """
+
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
 from smollm2 import ops
 
 
-def chunk_log_softmax(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
-                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_log_softmax(
+    logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same results as ops._chunk_loss_and_grad through log_softmax, which inductor can reduce online."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     valid = targets != ignore_index
@@ -76,16 +79,20 @@ def main() -> None:
             reference = (loss, grad.float())
         loss_err = abs(float(loss - reference[0])) / abs(float(reference[0]))
         grad_err = float((grad.float() - reference[1]).abs().max())
-        ms = timed_ms(lambda: compiled(logits, targets, scale, -100), device, repeats)
-        print(f"  {name:22} {ms * 1e3:8.1f} us  {4 * tokens * vocab / ms / 1e6:7.0f} GB/s at minimum traffic  "
-              f"loss rel err {loss_err:.1e}  grad max err {grad_err:.1e}")
+        ms = timed_ms(partial(compiled, logits, targets, scale, -100), device, repeats)
+        print(
+            f"  {name:22} {ms * 1e3:8.1f} us  {4 * tokens * vocab / ms / 1e6:7.0f} GB/s at minimum traffic  "
+            f"loss rel err {loss_err:.1e}  grad max err {grad_err:.1e}"
+        )
     hidden = torch.randn(total, hidden_size, device=device, dtype=torch.bfloat16, requires_grad=True)
     weight = (torch.randn(vocab, hidden_size, device=device) * 0.02).to(torch.bfloat16).requires_grad_()
     all_targets = torch.randint(0, vocab, (total,), device=device)
     print(f"whole fused linear + cross-entropy, {total} tokens, forward + backward:")
     for chunk in (total // 32, total // 16, total // 8):
-        def step() -> None:
+
+        def step(chunk: int = chunk) -> None:
             ops.fused_linear_cross_entropy(hidden, weight, all_targets, chunk_tokens=chunk).backward()
+
         print(f"  chunk {chunk:6d} tokens: {timed_ms(step, device, max(1, repeats // 4)):8.2f} ms")
 
 

@@ -11,10 +11,12 @@ training step (forward, backward, optimizer step with clipping) on random tokens
              is what DeepSpeed's `engine.compile()` does)
   loss       plain (logits.float() + F.cross_entropy) | fused (model(..., targets=): smollm2.ops, chunked)
   micro-batch, activation checkpointing (off / every N layers / selective), SDPA backend,
-  gradient clipping by DeepSpeed or by torch (foreach), residual stream in bf16 or fp32 under autocast
-  (the first exploration ran before the model cast it to bf16: its autocast rows have an fp32 stream)
+  gradient clipping by DeepSpeed or by torch (foreach)
+  (the first exploration ran before the model cast its residual stream to bf16 under autocast: its
+  autocast rows have an fp32 stream; the fp32-stream and repeat_kv variants of later calls measured
+  switches the model no longer has, bench/RESULTS.md holds their figures and commits)
 
-and prints tokens/s, MFU (design.md's formula against the bf16 matmul rate measured here and against
+and prints tokens/s, MFU (docs/design.md's formula against the bf16 matmul rate measured here and against
 the 989 TFLOP/s datasheet), peak memory and the forward / backward / optimizer split (CUDA events;
 warm-up steps excluded). With the fused loss the LM head's backward runs inside forward.
 
@@ -27,6 +29,7 @@ Each variant's row is appended to DIR/explore.jsonl as soon as it is measured; a
 is recorded with its error and the next one runs. Variants that would start after the deadline are
 skipped, so the table always prints. The best DeepSpeed variant is profiled (DIR/profile.txt).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from smollm2 import ops  # noqa: E402
 from smollm2.bench import Clock  # noqa: E402
+from smollm2.metrics import flops_per_token as flops_per_token_of  # noqa: E402
 from smollm2.metrics import measure_peak_tflops  # noqa: E402
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM  # noqa: E402
 
@@ -66,8 +69,6 @@ class Variant:
     ac: str = "off"  # "off" | "1" | "2" | "selective"
     sdpa: str = "default"  # "default" | "flash" | "cudnn" | "efficient"
     clip: str = "engine"  # "engine": DeepSpeed's gradient_clipping | "foreach": torch's, before engine.step
-    residual: str = "autocast"  # under autocast, the residual stream in "autocast" dtype (the model's default) | "fp32"
-    gqa: bool = True  # SDPA's enable_gqa on the un-repeated KV heads (the model's default) | repeat_kv copies
     coordinate_descent: bool = False  # inductor's coordinate-descent tuning of its kernels' block sizes
 
 
@@ -87,29 +88,22 @@ def base_variants() -> list[Variant]:
 
 
 def followup_variants() -> list[Variant]:
-    """After the first exploration: the engine's clipping, a bf16 residual stream, FA2 (--only picks them)."""
+    """After the first exploration: the engine's clipping, micro-batch 256, FA2 (--only picks them)."""
     best = Variant("ds0-autocast-layers-fused", precision="autocast")
     foreach = replace(best, name="ds0-autocast-foreachclip", clip="foreach")
     return [
         foreach,
-        replace(foreach, name="ds0-autocast-foreachclip-fp32res", residual="fp32"),
         replace(foreach, name="ds0-autocast-foreachclip-mb256", micro_batch=256),
         replace(foreach, name="ds0-autocast-foreachclip-flash", sdpa="flash"),
     ]
 
 
-def gqa_variants() -> list[Variant]:
-    """Second session: SDPA's enable_gqa against repeat_kv's copies, and inductor's coordinate-descent
-    tuning, with the trainer's foreach clipping, at micro-batch 128 and 256. (The same calls measured q/k/v
-    and gate/up as single matmuls on concatenated weights: slower, and removed; bench/RESULTS.md.)"""
-    now = Variant("ds0-autocast-foreachclip-gqa", precision="autocast", clip="foreach")
-    return [
-        replace(now, name="ds0-autocast-foreachclip-repeatkv", gqa=False),
-        now,
-        replace(now, name="ds0-autocast-foreachclip-repeatkv-mb256", gqa=False, micro_batch=256),
-        replace(now, name="ds0-autocast-foreachclip-gqa-mb256", micro_batch=256),
-        replace(now, name="ds0-autocast-foreachclip-gqa-coorddesc-mb256", micro_batch=256, coordinate_descent=True),
-    ]
+def tuning_variants() -> list[Variant]:
+    """Second session: inductor's coordinate-descent tuning, with the trainer's foreach clipping, at
+    micro-batch 256. (The same calls measured q/k/v and gate/up as single matmuls on concatenated weights:
+    slower, and removed; bench/RESULTS.md.)"""
+    now = Variant("ds0-autocast-foreachclip-gqa-mb256", precision="autocast", clip="foreach", micro_batch=256)
+    return [now, replace(now, name="ds0-autocast-foreachclip-gqa-coorddesc-mb256", coordinate_descent=True)]
 
 
 def sweep_variants(best: Variant) -> list[Variant]:
@@ -146,8 +140,13 @@ def sdpa_context(backend: str):
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
+    return sdpa_kernel(
+        {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        }[backend]
+    )
 
 
 def build(variant: Variant, config: SmolLM2Config, device: torch.device):
@@ -158,10 +157,8 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
         model.set_activation_checkpointing(int(variant.ac))
     elif variant.ac == "selective":
         model.set_activation_checkpointing(1, selective=True)
-    model.model.autocast_residual = variant.residual == "autocast"
-    for layer in model.model.layers:
-        layer.self_attn.sdpa_gqa = variant.gqa
     import torch._inductor.config as inductor_config
+
     inductor_config.coordinate_descent_tuning = variant.coordinate_descent
     if variant.compile == "layers":
         for layer in model.model.layers:
@@ -173,8 +170,9 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
         assert variant.precision == "autocast", "the plain torch loop keeps fp32 weights"
         forward = torch.compile(module) if variant.compile == "model" else module
         params = list(module.parameters())
-        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01,
-                                      fused=device.type == "cuda")
+        optimizer = torch.optim.AdamW(
+            params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=device.type == "cuda"
+        )
 
         def step(ids: torch.Tensor, targets: torch.Tensor, clock: Clock) -> torch.Tensor:
             with autocast:
@@ -191,8 +189,9 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
 
     import deepspeed
 
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=device.type == "cuda"
+    )
     ds_config = {
         "train_micro_batch_size_per_gpu": variant.micro_batch,
         "gradient_accumulation_steps": 1,
@@ -222,8 +221,16 @@ def build(variant: Variant, config: SmolLM2Config, device: torch.device):
     return step, module, engine
 
 
-def run_variant(variant: Variant, config: SmolLM2Config, device: torch.device, peak: float, warmup: int,
-                steps: int, seq: int, profile_to: Path | None = None) -> dict:
+def run_variant(
+    variant: Variant,
+    config: SmolLM2Config,
+    device: torch.device,
+    peak: float,
+    warmup: int,
+    steps: int,
+    seq: int,
+    profile_to: Path | None = None,
+) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_build = time.perf_counter()
@@ -245,18 +252,26 @@ def run_variant(variant: Variant, config: SmolLM2Config, device: torch.device, p
         if profile_to is not None:
             profile(step, batches, device, profile_to)
     # marks per step: [forward, backward, optimizer] (start, fwd, bwd, end marks; end = next start)
-    per_step = [marks[3 * i:3 * i + 3] for i in range(steps)]
+    per_step = [marks[3 * i : 3 * i + 3] for i in range(steps)]
     step_ms = sum(sum(s) for s in per_step) / steps
     tokens_per_s = variant.micro_batch * seq / (step_ms / 1e3)
-    flops_per_token = module.model.flops_per_token(seq)
-    row = dict(kind="variant", **dataclasses.asdict(variant), seq=seq, step_ms=round(step_ms, 2),
-               tokens_per_s=round(tokens_per_s), mfu=round(tokens_per_s * flops_per_token / (peak * 1e12), 4),
-               mfu_datasheet=round(tokens_per_s * flops_per_token / (DATASHEET_TFLOPS * 1e12), 4),
-               forward_ms=round(sum(s[0] for s in per_step) / steps, 2),
-               backward_ms=round(sum(s[1] for s in per_step) / steps, 2),
-               optimizer_ms=round(sum(s[2] for s in per_step) / steps, 2),
-               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
-               last_loss=round(float(loss), 4), build_s=round(t_warm - t_build, 1), warmup_s=round(warmup_s, 1))
+    flops_per_token = flops_per_token_of(module.model.config, seq)
+    row = dict(
+        kind="variant",
+        **dataclasses.asdict(variant),
+        seq=seq,
+        step_ms=round(step_ms, 2),
+        tokens_per_s=round(tokens_per_s),
+        mfu=round(tokens_per_s * flops_per_token / (peak * 1e12), 4),
+        mfu_datasheet=round(tokens_per_s * flops_per_token / (DATASHEET_TFLOPS * 1e12), 4),
+        forward_ms=round(sum(s[0] for s in per_step) / steps, 2),
+        backward_ms=round(sum(s[1] for s in per_step) / steps, 2),
+        optimizer_ms=round(sum(s[2] for s in per_step) / steps, 2),
+        peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        last_loss=round(float(loss), 4),
+        build_s=round(t_warm - t_build, 1),
+        warmup_s=round(warmup_s, 1),
+    )
     if engine is not None:
         row["ds_optimizer"] = type(engine.optimizer).__name__
         engine.destroy()
@@ -265,7 +280,8 @@ def run_variant(variant: Variant, config: SmolLM2Config, device: torch.device, p
 
 def profile(step, batches: torch.Tensor, device: torch.device, path: Path) -> None:
     """Top kernels of two steps by device time, as torch.profiler's table."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
@@ -282,14 +298,18 @@ def print_table(rows: list[dict]) -> None:
     peak = next((r for r in rows if r.get("kind") == "peak"), None)
     if peak:
         print(f"measured bf16 matmul peak: {peak['tflops']:.0f} TFLOP/s on {peak['device']}")
-    header = f"{'variant':44} {'mb':>4} {'tok/s':>9} {'MFU':>6} {'MFUds':>6} {'step':>8} {'fwd':>7} {'bwd':>7} " \
-             f"{'opt':>6} {'memGiB':>7} {'loss':>7} {'warm_s':>6}"
+    header = (
+        f"{'variant':44} {'mb':>4} {'tok/s':>9} {'MFU':>6} {'MFUds':>6} {'step':>8} {'fwd':>7} {'bwd':>7} "
+        f"{'opt':>6} {'memGiB':>7} {'loss':>7} {'warm_s':>6}"
+    )
     print(header)
     for r in ok:
         mem = f"{r['peak_mem_gib']:7.1f}" if r["peak_mem_gib"] is not None else f"{'-':>7}"
-        print(f"{r['name']:44} {r['micro_batch']:4d} {r['tokens_per_s']:9d} {r['mfu']:6.1%} {r['mfu_datasheet']:6.1%} "
-              f"{r['step_ms']:8.1f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} {r['optimizer_ms']:6.1f} {mem} "
-              f"{r['last_loss']:7.3f} {r['warmup_s']:6.1f}")
+        print(
+            f"{r['name']:44} {r['micro_batch']:4d} {r['tokens_per_s']:9d} {r['mfu']:6.1%} {r['mfu_datasheet']:6.1%} "
+            f"{r['step_ms']:8.1f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} {r['optimizer_ms']:6.1f} {mem} "
+            f"{r['last_loss']:7.3f} {r['warmup_s']:6.1f}"
+        )
     for r in rows:
         if r.get("kind") in ("error", "skipped"):
             print(f"{r['kind']}: {r['name']}: {r.get('error', '')[:300]}")
@@ -320,8 +340,9 @@ def main() -> int:
             f.write(json.dumps(row) + "\n")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
-                           LOCAL_RANK="0", WORLD_SIZE="1").items():
+    for key, value in dict(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+    ).items():
         os.environ.setdefault(key, value)
     import deepspeed
 
@@ -329,8 +350,15 @@ def main() -> int:
     # Every variant resets dynamo; the limit only has to cover one variant's recompiles.
     torch._dynamo.config.cache_size_limit = 64
     if args.tiny:
-        config = SmolLM2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, block_size=64)
+        config = SmolLM2Config(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            block_size=64,
+        )
         seq, warmup, steps = 64, 2, 2
         scale = lambda v: replace(v, micro_batch=max(1, v.micro_batch // 64))  # noqa: E731
     else:
@@ -338,8 +366,13 @@ def main() -> int:
         seq, warmup, steps = config.block_size, 3, 10
         scale = lambda v: v  # noqa: E731
     peak = measure_peak_tflops(device, torch.bfloat16)
-    env = dict(kind="peak", tflops=round(peak, 1), torch=torch.__version__, deepspeed=deepspeed.__version__,
-               device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+    env = dict(
+        kind="peak",
+        tflops=round(peak, 1),
+        torch=torch.__version__,
+        deepspeed=deepspeed.__version__,
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    )
     record(env)
 
     def attempt(variant: Variant, profile_to: Path | None = None) -> dict | None:
@@ -354,8 +387,14 @@ def main() -> int:
             record(row)
             return row
         except Exception as exc:  # one variant's failure must not cost the others
-            record(dict(kind="error", name=variant.name, error=f"{type(exc).__name__}: {exc}",
-                        traceback=traceback.format_exc()[-3000:]))
+            record(
+                dict(
+                    kind="error",
+                    name=variant.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc()[-3000:],
+                )
+            )
             return None
         finally:
             torch._dynamo.reset()
@@ -363,8 +402,11 @@ def main() -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    base = [v for v in base_variants() + followup_variants() + gqa_variants() if v.name in args.only] if args.only \
+    base = (
+        [v for v in base_variants() + followup_variants() + tuning_variants() if v.name in args.only]
+        if args.only
         else base_variants()
+    )
     measured = [(v, attempt(v)) for v in base]
     if not args.only:
         engine_rows = [(v, r) for v, r in measured if r is not None and v.runner == "deepspeed"]

@@ -1,4 +1,4 @@
-"""`smollm2 bench --config FILE [--set k=v ...]`: how fast is the real training step, and against what?
+"""`smollm2 bench --config FILE [--set k=v ...]`: how fast the real training step runs, and against what.
 
 Builds the trainer itself (smollm2.trainer.Trainer: its model, DeepSpeed engine, dtype, compile and
 packed data loader), runs warm-up optimizer steps (compilation happens there), then times optimizer
@@ -11,30 +11,32 @@ steps of Trainer.train_step, the function `smollm2 train` runs, split into
     optimizer   clipping and engine.step(), summed over the step's micro-batches (only the last one steps)
 
 on the device's own timeline (CUDA events; the host clock on CPU), and prints tokens/s, MFU against the
-bf16 matmul rate measured once in this process (design.md's formula and peak: 20 products of 8192^3
-after 3, as hf_baseline.py measures it; about 800 TFLOP/s on an H200) and against the datasheet figure,
-and peak memory after warm-up. `--vary KEY=A,B,...` benches one config per value in this one process (e.g.
-the activation-checkpointing table); `--baseline` also times transformers' LlamaForCausalLM of the same
-shape (SDPA, bf16 autocast, fused AdamW, torch.compile: hf_baseline.py's recipe) on random tokens, one
-optimizer step per micro-batch, as many micro-batches as the trainer's, so the ratio comes from one
-process on one GPU. `--profile DIR` writes torch.profiler's kernel table of one more step per config
-and adds that step's NCCL kernel time to the row (communication_kernel_ms: overlapped with compute or not).
+bf16 matmul rate measured once in this process (docs/design.md's formula and peak: 20 products of 8192^3
+after 3; about 800 TFLOP/s on an H200) and against the datasheet figure, and peak memory after warm-up.
+`--vary KEY=A,B,...` benches one config per value in this one process (e.g. the activation-checkpointing
+table); `--baseline` also times transformers' LlamaForCausalLM of the same shape (SDPA, bf16 autocast,
+fused AdamW, torch.compile) on random tokens, one optimizer step per micro-batch, as many micro-batches
+as the trainer's, so the ratio comes from one process on one GPU. `--profile DIR` writes torch.profiler's
+kernel table of one more step per config and adds that step's NCCL kernel time to the row
+(communication_kernel_ms: overlapped with compute or not).
 The run directory is a temporary one: a bench never touches `train.out_dir`.
 
     smollm2 bench --config configs/smollm2-135m.yaml --baseline --out bench.json
     smollm2 bench --config configs/smollm2-135m.yaml --vary train.activation_checkpointing=0,1,2
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from smollm2.errors import UserError
 
@@ -43,19 +45,37 @@ DATASHEET_TFLOPS_CUDA = 989.0  # H100/H200 SXM dense bf16; --datasheet-tflops fo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="training config YAML (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, as for `smollm2 train`")
-    parser.add_argument("--vary", metavar="KEY=A,B,...",
-                        help="bench once per value of one config key, in this process")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, as for `smollm2 train`",
+    )
+    parser.add_argument("--vary", metavar="KEY=A,B,...", help="bench once per value of one config key, in this process")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (default 2)")
     parser.add_argument("--profile", metavar="DIR", help="write a torch.profiler table of one more step per config")
-    parser.add_argument("--baseline", nargs="?", const="compile", choices=["compile", "eager"],
-                        help="also time transformers' LlamaForCausalLM (default: under torch.compile)")
-    parser.add_argument("--baseline-micro-batch", metavar="N[,N...]",
-                        help="the baseline's micro-batch, or several (default: the config's train.micro_batch_size)")
-    parser.add_argument("--datasheet-tflops", type=float, metavar="TFLOPS",
-                        help=f"datasheet peak for the second MFU (default {DATASHEET_TFLOPS_CUDA:g} on CUDA)")
+    parser.add_argument(
+        "--baseline",
+        nargs="?",
+        const="compile",
+        choices=["compile", "eager"],
+        help="also time transformers' LlamaForCausalLM (default: under torch.compile)",
+    )
+    parser.add_argument(
+        "--baseline-micro-batch",
+        metavar="N[,N...]",
+        help="the baseline's micro-batch, or several (default: the config's train.micro_batch_size)",
+    )
+    parser.add_argument(
+        "--datasheet-tflops",
+        type=float,
+        metavar="TFLOPS",
+        help=f"datasheet peak for the second MFU (default {DATASHEET_TFLOPS_CUDA:g} on CUDA)",
+    )
     parser.add_argument("--out", metavar="FILE", help="write all results as JSON")
 
 
@@ -95,8 +115,14 @@ class Clock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def time_steps(optimizer_step: Callable[[Callable[[], None]], None], device: Any, accumulation: int, warmup: int,
-               steps: int, after_warmup: Callable[[], None] = lambda: None) -> Timing:
+def time_steps(
+    optimizer_step: Callable[[Callable[[], None]], None],
+    device: Any,
+    accumulation: int,
+    warmup: int,
+    steps: int,
+    after_warmup: Callable[[], None] = lambda: None,
+) -> Timing:
     """Run `optimizer_step(mark)` warmup + steps times; it calls mark() after each micro-batch's forward,
     backward and optimizer phase. `after_warmup()` runs between the two. Returns the timed steps' means
     (data wait is the caller's to fill in)."""
@@ -114,13 +140,20 @@ def time_steps(optimizer_step: Callable[[Callable[[], None]], None], device: Any
         optimizer_step(clock.mark)
     intervals = clock.intervals_ms()
     if len(intervals) != 3 * accumulation * steps:
-        raise RuntimeError(f"expected 3 marks per micro-batch, got {len(intervals)} intervals for "
-                           f"{steps} steps x {accumulation} micro-batches")
+        raise RuntimeError(
+            f"expected 3 marks per micro-batch, got {len(intervals)} intervals for "
+            f"{steps} steps x {accumulation} micro-batches"
+        )
     # Marks: start, then (forward, backward, optimizer) per micro-batch; each interval ends at its mark.
     forward, backward, optimizer = (sum(intervals[i::3]) for i in range(3))
     micro_batches = steps * accumulation
-    return Timing(step_ms=sum(intervals) / steps, data_wait_ms=0.0, forward_ms=forward / micro_batches,
-                  backward_ms=backward / micro_batches, optimizer_ms=optimizer / steps)
+    return Timing(
+        step_ms=sum(intervals) / steps,
+        data_wait_ms=0.0,
+        forward_ms=forward / micro_batches,
+        backward_ms=backward / micro_batches,
+        optimizer_ms=optimizer / steps,
+    )
 
 
 def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path | None) -> float:
@@ -146,8 +179,9 @@ def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: A
     return sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1e3
 
 
-def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: float,
-                profile_to: Path | None = None) -> dict[str, Any]:
+def run_trainer(
+    config: Any, env: Any, warmup: int, steps: int, peak_tflops: float, profile_to: Path | None = None
+) -> dict[str, Any]:
     """Bench the trainer's own optimizer step (Trainer.train_step) on its own data; returns a result row."""
     from smollm2.trainer import Trainer, Window
 
@@ -163,48 +197,61 @@ def run_trainer(config: Any, env: Any, warmup: int, steps: int, peak_tflops: flo
         window = Window(trainer.device)
 
     try:
-        timing = time_steps(optimizer_step, trainer.device, trainer.accumulation, warmup, steps,
-                            after_warmup=start_timing)
+        timing = time_steps(
+            optimizer_step, trainer.device, trainer.accumulation, warmup, steps, after_warmup=start_timing
+        )
         timed = window
         timing.data_wait_ms = 1e3 * timed.data_wait / steps
         communication_ms = None
         if profile_to is not None:
             communication_ms = profile_step(optimizer_step, trainer.device, profile_to if env.is_main else None)
         t, world = config.train, env.world_size
-        row = result_row("trainer", timing, t.global_batch_size * config.model.block_size, world,
-                         trainer.flops_per_token, peak_tflops, trainer.device,
-                         float(timed.loss_sum) / timed.micro_batches)
-        row.update(micro_batch_size=t.micro_batch_size, seq_len=config.model.block_size,
-                   accumulation=trainer.accumulation,
-                   zero_stage=config.deepspeed.zero_stage, dtype=str(trainer.dtype).removeprefix("torch."),
-                   compile=t.compile, activation_checkpointing=t.activation_checkpointing,
-                   ds_optimizer=type(trainer.engine.optimizer).__name__, trainer_peak_tflops=trainer.peak_tflops,
-                   communication_kernel_ms=communication_ms)
+        row = result_row(
+            "trainer",
+            timing,
+            t.global_batch_size * config.model.block_size,
+            world,
+            trainer.flops_per_token,
+            peak_tflops,
+            trainer.device,
+            float(timed.loss_sum) / timed.micro_batches,
+        )
+        row.update(
+            micro_batch_size=t.micro_batch_size,
+            seq_len=config.model.block_size,
+            accumulation=trainer.accumulation,
+            zero_stage=config.deepspeed.zero_stage,
+            dtype=str(trainer.dtype).removeprefix("torch."),
+            compile=t.compile,
+            activation_checkpointing=t.activation_checkpointing,
+            ds_optimizer=type(trainer.engine.optimizer).__name__,
+            trainer_peak_tflops=trainer.peak_tflops,
+            communication_kernel_ms=communication_ms,
+        )
         return row
     finally:
-        del batches  # stops the DataLoader workers
-        trainer.metrics.close()
-        trainer.engine.destroy()
-        trainer.engine = None
-        del trainer
-        release_memory()
+        trainer.release()  # the DataLoader workers end with `batches`, when this returns
 
 
-def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tflops: float, warmup: int,
-                 steps: int) -> dict[str, Any]:
+def run_baseline(
+    config: Any, micro_batch: int, mode: str, device: Any, peak_tflops: float, warmup: int, steps: int
+) -> dict[str, Any]:
     """transformers' LlamaForCausalLM of the config's shape: SDPA, bf16 autocast, fused AdamW, clip 1.0."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    arch = config.model.architecture()
-    hf_config = LlamaConfig(**arch.to_hf_dict())
+    from smollm2.hf import hf_config_dict
+    from smollm2.metrics import flops_per_token
+    from smollm2.model import SmolLM2Config
+
+    arch = config.model
+    hf_config = LlamaConfig(**hf_config_dict(SmolLM2Config(**arch.architecture())))
     hf_config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf_config).to(device).train()
     forward = torch.compile(model) if mode == "compile" else model
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=device.type == "cuda")
     seq = arch.block_size
     batches = torch.randint(0, arch.vocab_size, (4, micro_batch, seq), device=device)
     counter = [0]
@@ -224,35 +271,69 @@ def run_baseline(config: Any, micro_batch: int, mode: str, device: Any, peak_tfl
         mark()
         last_loss[:] = [loss.detach()]
 
-    try:
-        timing = time_steps(optimizer_step, device, 1, warmup, steps)
-        n_params = sum(p.numel() for p in params)
-        flops_per_token = 6 * n_params + 12 * arch.num_hidden_layers * arch.hidden_size * seq
-        row = result_row(f"hf-{mode} mb{micro_batch}", timing, micro_batch * seq, 1, flops_per_token, peak_tflops,
-                         device, float(last_loss[0]))
-        row.update(micro_batch_size=micro_batch, seq_len=seq, accumulation=1)
-        return row
-    finally:
-        del model, forward, optimizer, params
-        release_memory()
+    timing = time_steps(optimizer_step, device, 1, warmup, steps)
+    row = result_row(
+        f"hf-{mode} mb{micro_batch}",
+        timing,
+        micro_batch * seq,
+        1,
+        flops_per_token(arch, seq),
+        peak_tflops,
+        device,
+        float(last_loss[0]),
+    )
+    row.update(micro_batch_size=micro_batch, seq_len=seq, accumulation=1)
+    return row
 
 
-def result_row(name: str, timing: Timing, tokens_per_step: int, world_size: int, flops_per_token: int,
-               peak_tflops: float, device: Any, loss: float) -> dict[str, Any]:
+def result_row(
+    name: str,
+    timing: Timing,
+    tokens_per_step: int,
+    world_size: int,
+    flops_per_token: int,
+    peak_tflops: float,
+    device: Any,
+    loss: float,
+) -> dict[str, Any]:
     from smollm2.metrics import peak_memory_gib
 
     tokens_per_s = tokens_per_step / (timing.step_ms / 1e3)
     per_device_flops = tokens_per_s / world_size * flops_per_token
     return {
-        "name": name, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / world_size,
-        "world_size": world_size, "mfu": per_device_flops / (peak_tflops * 1e12), "peak_tflops": peak_tflops,
+        "name": name,
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_device": tokens_per_s / world_size,
+        "world_size": world_size,
+        "mfu": per_device_flops / (peak_tflops * 1e12),
+        "peak_tflops": peak_tflops,
         **{k: getattr(timing, k) for k in ("step_ms", "data_wait_ms", "forward_ms", "backward_ms", "optimizer_ms")},
         "data_wait_fraction": timing.data_wait_ms / timing.step_ms,
-        "peak_mem_gib": peak_memory_gib(device), "loss": loss,
+        "peak_mem_gib": peak_memory_gib(device),
+        "loss": loss,
     }
 
 
+def measure_or_note(
+    name: str,
+    bench: Callable[[], dict[str, Any]],
+    errors: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """bench()'s row; running out of GPU memory is a result too (in a table of memory settings): noted in
+    `errors`. Either way the memory is given back before the next one."""
+    import torch
+
+    try:
+        return bench()
+    except torch.cuda.OutOfMemoryError:
+        errors.append({"name": name, "error": "CUDA out of memory"})
+        return None
+    finally:
+        release_memory()
+
+
 def release_memory() -> None:
+    """What a benched setup left (its frames are gone by now: bench() returned or its exception was handled)."""
     import torch
 
     torch._dynamo.reset()  # the next config compiles afresh, within the recompile limit
@@ -283,16 +364,20 @@ def vary_overrides(vary: str | None) -> list[tuple[str, list[str]]]:
     return [(f"{key}={v}", [f"{key}={v}"]) for v in values.split(",")]
 
 
-TABLE_HEADER = (f"{'bench':42} {'mb':>4} {'acc':>3} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} "
-                f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}")
+TABLE_HEADER = (
+    f"{'bench':42} {'mb':>4} {'acc':>3} {'tokens/s':>10} {'/device':>10} {'MFU':>6} {'MFUds':>6} "
+    f"{'step ms':>8} {'data':>6} {'fwd/mb':>7} {'bwd/mb':>7} {'opt':>6} {'mem GiB':>8} {'loss':>7}"
+)
 
 
 def format_row(r: dict[str, Any]) -> str:
     datasheet = f"{r['mfu_datasheet']:6.1%}" if r.get("mfu_datasheet") is not None else f"{'-':>6}"
-    return (f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} {r['tokens_per_s']:10,.0f} "
-            f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
-            f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
-            f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}")
+    return (
+        f"{r['name'][:42]:42} {r['micro_batch_size']:4d} {r['accumulation']:3d} {r['tokens_per_s']:10,.0f} "
+        f"{r['tokens_per_s_per_device']:10,.0f} {r['mfu']:6.1%} {datasheet} {r['step_ms']:8.1f} "
+        f"{r['data_wait_ms']:6.2f} {r['forward_ms']:7.1f} {r['backward_ms']:7.1f} "
+        f"{r['optimizer_ms']:6.1f} {r['peak_mem_gib']:8.1f} {r['loss']:7.3f}"
+    )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -304,89 +389,136 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     import torch
 
+    from smollm2.atomic import write_text_atomic
     from smollm2.config import load_config
     from smollm2.distributed import discover
-    from smollm2.engine import resolve_dtype
+    from smollm2.engine import leave_process_group, resolve_dtype
     from smollm2.metrics import measure_peak_tflops
 
     baseline_micro_batches = _positive_ints("--baseline-micro-batch", args.baseline_micro_batch)
     env = discover()
     if args.baseline and env.world_size > 1:
-        raise UserError("--baseline: run the baseline on one GPU (world size is "
-                        f"{env.world_size}); it has no data-parallel setup to compare with")
-    rows: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
+        raise UserError(
+            "--baseline: run the baseline on one GPU (world size is "
+            f"{env.world_size}); it has no data-parallel setup to compare with"
+        )
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
+    errors: list[dict[str, Any]] = []
 
-    def finished(row: dict[str, Any]) -> dict[str, Any]:
+    def finished(row: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Completes a row and prints it at once, so that a bench cut off by a time limit keeps what it ran."""
+        if row is None:
+            return []
         row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
         if env.is_main:
             print(format_row(row), flush=True)
-        return row
+        return [row]
 
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
         # Every config is read (and checked) before the first one runs. The run directory override comes
         # last, so it wins: a bench never writes into a real run directory.
-        configs = [(f"trainer {label}".strip(), load_config(
-                        args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size))
-                   for i, (label, extra) in enumerate(vary_overrides(args.vary))]
+        configs = [
+            (
+                f"trainer {label}".strip(),
+                load_config(args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size),
+            )
+            for i, (label, extra) in enumerate(vary_overrides(args.vary))
+        ]
         peak = measure_peak_tflops(device, resolve_dtype(configs[0][1].train.dtype, device))
         if env.is_main:
             print(TABLE_HEADER, flush=True)
         if args.profile:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
+        trainer_rows = []
         for i, (name, config) in enumerate(configs):
             profile_to = Path(args.profile) / f"profile-{i}.txt" if args.profile else None
-            try:
-                row = run_trainer(config, env, args.warmup, args.steps, peak, profile_to)
-            except torch.cuda.OutOfMemoryError:  # a result too, in a table of memory settings
-                release_memory()
-                errors.append({"name": name, "error": "CUDA out of memory"})
-                continue
-            row["name"] = name
-            rows.append(finished(row))
-        if not rows:
+            row = measure_or_note(
+                name, partial(run_trainer, config, env, args.warmup, args.steps, peak, profile_to), errors
+            )
+            trainer_rows += finished(row and {**row, "name": name})
+        if not trainer_rows:
             raise RuntimeError(f"every configuration ran out of memory: {errors}")
         baselines = []
         if args.baseline:
             # As many micro-batches as the trainer's steps (it steps the optimizer after each one).
             accumulation = config.train.gradient_accumulation_steps(env.world_size)
             for micro in baseline_micro_batches or [config.train.micro_batch_size]:
-                try:
-                    baselines.append(finished(run_baseline(config, micro, args.baseline, device, peak,
-                                                           args.warmup * accumulation, args.steps * accumulation)))
-                except torch.cuda.OutOfMemoryError:
-                    release_memory()
-                    errors.append({"name": f"hf-{args.baseline} mb{micro}", "error": "CUDA out of memory"})
-    trainer_rows, rows = rows, rows + baselines
+                baselines += finished(
+                    measure_or_note(
+                        f"hf-{args.baseline} mb{micro}",
+                        partial(
+                            run_baseline,
+                            config,
+                            micro,
+                            args.baseline,
+                            device,
+                            peak,
+                            args.warmup * accumulation,
+                            args.steps * accumulation,
+                        ),
+                        errors,
+                    )
+                )
+    result = bench_result(args, device, datasheet, trainer_rows, baselines, errors)
+    if env.is_main:
+        print(report(result, peak))
+        if args.out:
+            write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    leave_process_group()
+    return 0
+
+
+def bench_result(
+    args: argparse.Namespace,
+    device: Any,
+    datasheet: float | None,
+    trainer_rows: list[dict[str, Any]],
+    baselines: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything a bench measured, as --out writes it."""
+    import torch
+
     result: dict[str, Any] = {
-        "config": str(args.config), "overrides": args.overrides, "vary": args.vary, "steps": args.steps,
-        "warmup": args.warmup, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "datasheet_tflops": datasheet, "results": rows, "errors": errors,
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "vary": args.vary,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "datasheet_tflops": datasheet,
+        "results": trainer_rows + baselines,
+        "errors": errors,
     }
     if baselines:
         result["speedup_vs_baseline"] = {
-            r["name"]: {b["name"]: r["tokens_per_s"] / b["tokens_per_s"] for b in baselines} for r in trainer_rows}
-    if env.is_main:
-        print(f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
-              + (f" and {datasheet:g} datasheet" if datasheet else "") + f"; {args.steps} timed optimizer steps")
-        print(format_table(rows))
-        for error in errors:
-            print(f"{error['name']}: {error['error']}")
-        for row in trainer_rows:
-            if row["communication_kernel_ms"] is not None:
-                print(f"{row['name']}: communication kernels {row['communication_kernel_ms']:.1f} ms of the profiled "
-                      "step (overlapped with compute or not)")
-        for name, ratios in result.get("speedup_vs_baseline", {}).items():
-            print(f"{name}: " + ", ".join(f"{ratio:.3f}x {baseline}" for baseline, ratio in ratios.items()))
-        if args.out:
-            out = Path(args.out)
-            tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, out)
-    torch.distributed.destroy_process_group()
-    return 0
+            r["name"]: {b["name"]: r["tokens_per_s"] / b["tokens_per_s"] for b in baselines} for r in trainer_rows
+        }
+    return result
+
+
+def report(result: dict[str, Any], peak: float) -> str:
+    """The closing summary: the table again, the errors, communication time, the ratios to the baselines."""
+    datasheet, steps = result["datasheet_tflops"], result["steps"]
+    lines = [
+        f"{result['device']}, torch {result['torch']}; MFU against {peak:.4g} TFLOP/s measured here"
+        + (f" and {datasheet:g} datasheet" if datasheet else "")
+        + f"; {steps} timed optimizer steps",
+        format_table(result["results"]),
+    ]
+    lines += [f"{error['name']}: {error['error']}" for error in result["errors"]]
+    lines += [
+        f"{row['name']}: communication kernels {row['communication_kernel_ms']:.1f} ms of the profiled step "
+        "(overlapped with compute or not)"
+        for row in result["results"]
+        if row.get("communication_kernel_ms") is not None
+    ]
+    lines += [
+        f"{name}: " + ", ".join(f"{ratio:.3f}x {baseline}" for baseline, ratio in ratios.items())
+        for name, ratios in result.get("speedup_vs_baseline", {}).items()
+    ]
+    return "\n".join(lines)

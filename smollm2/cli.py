@@ -3,6 +3,7 @@
 A verb's module defines `add_arguments(parser)` and `run(args) -> int | None`. Modules are imported
 only for the verb being run, so `smollm2 prepare` never pays for importing DeepSpeed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ from smollm2.errors import UserError
 VERBS = {
     "tokenizer": ("smollm2.tokenizer", "train a byte-level BPE tokenizer, or extract one from a GGUF file"),
     "prepare": ("smollm2.prepare", "tokenize a corpus into packed train/val token files"),
-    "train": ("smollm2.train", "train a model with DeepSpeed (under any launcher)"),
+    "train": ("smollm2.trainer", "train a model with DeepSpeed (under any launcher)"),
     "eval": ("smollm2.evaluate", "validation loss/perplexity of a checkpoint"),
     "generate": ("smollm2.generate", "generate text from a run, a Hugging Face folder or a GGUF file"),
     "export": ("smollm2.export", "write a Hugging Face folder from a training checkpoint"),

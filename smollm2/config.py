@@ -1,16 +1,19 @@
-"""The training config: a typed dataclass tree, read from commented YAML plus `--set a.b=c` overrides.
+"""The training config: one typed dataclass per YAML section, each key's default, meaning and check beside it.
 
     cfg = load_config("configs/tiny.yaml", ["train.max_steps=200"], world_size=2)
 
-Every key has a type and a default (except the few marked required); unknown keys, wrong types and
-impossible values raise UserError naming the key, so `smollm2 train` exits 2 with one line. The
-resolved tree, every default filled in, is what a run writes to RUN_DIR/config.yaml.
+The defaults are SmolLM2-135M's recipe: configs/smollm2-135m.yaml lists every key with its default (a
+test keeps the two in step). Unknown keys, wrong types and impossible values raise UserError naming the
+key, so `smollm2 train` exits 2 with one line. Checks that involve two keys are in `Config.validate`.
+The resolved tree, every default filled in, is what a run writes to RUN_DIR/config.yaml. This module
+needs neither torch nor the model, so a config is checked before anything heavy is imported.
 
 Batch sizes are counted in samples (sequences of `model.block_size` tokens): `train.micro_batch_size`
 per GPU per forward, `train.global_batch_size` per optimizer step. Gradient accumulation is derived:
 global / (micro x world size), which must be a whole number. The micro-batch is an upper bound: where
 global / world size is smaller (1024 sequences on 8 GPUs with micro-batch 256), each GPU takes that.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,112 +22,205 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from smollm2.atomic import write_text_atomic
 from smollm2.errors import UserError
-from smollm2.model import SmolLM2Config
 
-REQUIRED = {"required": True}
 NO_DECAY_KINDS = ("norm", "embedding", "bias")
+ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")  # smollm2.model.ACTIVATIONS (a test keeps them equal)
+
+
+def key(
+    default: Any = None,
+    check: Callable[[Any], bool] | None = None,
+    expected: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    required: bool = False,
+) -> Any:
+    """A config key: its default, and the check its value must pass (`expected` says what, in the error)."""
+    metadata = {"check": check, "expected": expected, "required": required}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+def _fraction(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _positive_or_null(value: Any) -> bool:
+    return value is None or value > 0
 
 
 @dataclass
-class ModelConfig(SmolLM2Config):
-    """The model's hyperparameters (smollm2.model.SmolLM2Config) plus where to start from."""
+class ModelConfig:
+    """The model's hyperparameters (the fields of smollm2.model.SmolLM2Config) plus where its weights start."""
 
+    vocab_size: int = key(49152, _positive, "must be > 0")  # the SmolLM2 (cosmo2) tokenizer's
+    hidden_size: int = key(576, _positive, "must be > 0")
+    intermediate_size: int = key(1536, _positive, "must be > 0")  # the gated MLP's width
+    num_hidden_layers: int = key(30, _positive, "must be > 0")
+    num_attention_heads: int = key(9, _positive, "must be > 0")  # head_dim = hidden_size / heads
+    num_key_value_heads: int = key(3, _positive, "must be > 0")  # grouped-query attention
+    hidden_act: str = key("silu", lambda v: v in ACTIVATIONS, f"must be one of {list(ACTIVATIONS)}")
+    max_position_embeddings: int = key(2048, _positive, "must be > 0")  # the RoPE table
+    initializer_range: float = key(0.041666666666666664, _positive, "must be > 0")  # init std, 1/sqrt(hidden)
+    rms_norm_eps: float = key(1e-5, _positive, "must be > 0")
+    rope_theta: float = key(10000.0, _positive, "must be > 0")
+    tie_word_embeddings: bool = True  # the LM head is the embedding matrix
+    block_size: int = key(512, _positive, "must be > 0")  # tokens per training sample (sequence length)
+    bos_token_id: int = key(0, _non_negative, "must be >= 0")
+    eos_token_id: int = key(0, _non_negative, "must be >= 0")  # must be the data tokenizer's end-of-document id
     # An HF folder or GGUF file whose weights start the run (continued pretraining); its architecture
     # must equal this section's (initializer_range, block_size and the bos/eos ids may differ).
     init_from: str | None = None
 
-    def architecture(self) -> SmolLM2Config:
-        """This section without the training-only keys: what the model is built from."""
-        return SmolLM2Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SmolLM2Config)})
+    def architecture(self) -> dict[str, Any]:
+        """This section without the training-only keys: the SmolLM2Config the model is built from."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "init_from"}
+
+    def check(self) -> None:
+        """The model's cross-key rules (smollm2.model.SmolLM2Config.validate holds the same for the model)."""
+        _check(
+            self.hidden_size % self.num_attention_heads == 0,
+            "model.num_attention_heads",
+            f"{self.num_attention_heads} does not divide hidden_size {self.hidden_size}",
+        )
+        _check(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "model.num_key_value_heads",
+            f"{self.num_key_value_heads} does not divide num_attention_heads {self.num_attention_heads}",
+        )
+        head_dim = self.hidden_size // self.num_attention_heads
+        _check(
+            head_dim % 2 == 0,
+            "model.num_attention_heads",
+            f"head_dim {head_dim} (hidden_size / heads) must be even for rotary embeddings",
+        )
+        _check(
+            self.block_size <= self.max_position_embeddings,
+            "model.block_size",
+            f"{self.block_size} exceeds max_position_embeddings {self.max_position_embeddings}",
+        )
+        for name in ("bos_token_id", "eos_token_id"):
+            _check(
+                getattr(self, name) < self.vocab_size,
+                f"model.{name}",
+                f"{getattr(self, name)} is not a token id below vocab_size {self.vocab_size}",
+            )
 
 
 @dataclass
 class DataConfig:
-    path: str = field(default="", metadata=REQUIRED)  # folder written by `smollm2 prepare`
-    num_workers: int = 2  # DataLoader worker processes per rank (0: load in the training process)
+    path: str = key("", required=True)  # folder written by `smollm2 prepare` (train.bin, val.bin, tokenizer.json)
+    num_workers: int = key(2, _non_negative, "must be >= 0")  # DataLoader worker processes per rank (0: none)
 
 
 @dataclass
 class TrainConfig:
-    out_dir: str = field(default="", metadata=REQUIRED)  # the run directory
-    max_steps: int = field(default=0, metadata=REQUIRED)  # optimizer steps: run length and LR schedule length
-    stop_at: int | None = None  # end this job at that step, with a checkpoint; the schedule is unchanged
-    # samples per GPU per forward/backward; at most global_batch_size / world size (load_config lowers it)
-    micro_batch_size: int = 8
-    global_batch_size: int = 64  # samples per optimizer step, over all GPUs and accumulation steps
+    out_dir: str = key("", required=True)  # the run directory
+    max_steps: int = key(0, _positive, "must be > 0", required=True)  # optimizer steps: run and LR schedule length
+    stop_at: int | None = key(None, _positive_or_null, "must be > 0 or null")  # end this job there, with a
+    # checkpoint; the schedule stays that of max_steps (for time-limited jobs: the next job resumes)
+    # Samples per GPU per forward/backward, at most: each GPU takes global_batch_size / world size where that
+    # is less. 256 fills 70 GiB of an H200 with the fused loss (bench/RESULTS.md has the memory table).
+    micro_batch_size: int = key(256, _positive, "must be > 0")
+    global_batch_size: int = key(1024, _positive, "must be > 0")  # samples per optimizer step, all GPUs together
     # bf16: fp32 weights, bf16 compute under autocast (DeepSpeed's torch_autocast). auto: bf16 where the
     # device computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), else fp32.
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = "bf16"
     # Recompute activations in backward: 0 off, N every N-th layer (1: all), "selective": every layer,
     # keeping the matmul/attention outputs and recomputing only the elementwise ops.
-    activation_checkpointing: int | Literal["selective"] = 0
-    compile: bool = False  # torch.compile each decoder layer
+    activation_checkpointing: int | Literal["selective"] = key(
+        0, lambda v: v == "selective" or v >= 0, "must be >= 0 or selective"
+    )
+    compile: bool = True  # torch.compile each decoder layer
     fused_loss: bool = True  # LM head + cross-entropy in chunks, never the whole [tokens, vocab] logits
-    seed: int = 1234  # model init and every other training RNG
+    seed: int = 1234  # model init and every other training RNG; the data order too
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         return self.global_batch_size // (self.micro_batch_size * world_size)
 
 
 @dataclass
-class OptimizerConfig:
-    lr: float = 3e-3  # peak learning rate
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    no_decay: list[str] = field(default_factory=lambda: ["norm", "embedding", "bias"])  # parameter kinds
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+class OptimizerConfig:  # torch AdamW (fused on CUDA)
+    # Peak learning rate: SmolLM2's 3e-3 at 1,048,576 tokens per step, square-root scaled to our 524,288.
+    lr: float = key(2.12e-3, _positive, "must be > 0")
+    betas: list[float] = key(
+        factory=lambda: [0.9, 0.95],
+        check=lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+        expected="must be two numbers in [0, 1)",
+    )
+    eps: float = key(1e-8, _positive, "must be > 0")
+    weight_decay: float = key(0.01, _non_negative, "must be >= 0")
+    # Parameter kinds without weight decay: norm gains, the (tied) embedding, biases.
+    no_decay: list[str] = key(
+        factory=lambda: list(NO_DECAY_KINDS),
+        check=lambda v: set(v) <= set(NO_DECAY_KINDS),
+        expected=f"entries must be among {list(NO_DECAY_KINDS)}",
+    )
+    grad_clip: float = key(1.0, _non_negative, "must be >= 0 (0: off)")  # max global gradient norm
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["wsd", "cosine", "constant"] = "wsd"
-    warmup_steps: int = 2000  # linear warmup from lr / warmup_steps to lr
-    decay_fraction: float = 0.2  # wsd: the last fraction of train.max_steps decays linearly
-    min_lr_ratio: float = 0.0  # wsd and cosine end at lr * min_lr_ratio
+    name: Literal["wsd", "cosine", "constant"] = "wsd"  # wsd: warmup-stable-decay (SmolLM2's)
+    warmup_steps: int = key(2000, _non_negative, "must be >= 0")  # linear warmup to the peak LR
+    decay_fraction: float = key(0.2, _fraction, "must be in [0, 1]")  # wsd: the last fraction of max_steps decays
+    min_lr_ratio: float = key(0.0, _fraction, "must be in [0, 1]")  # wsd/cosine end at lr * min_lr_ratio
 
 
 @dataclass
 class DeepSpeedSection:
-    zero_stage: int = 0  # 0: plain data parallel; 1: shard optimizer state; 2: + gradients; 3: + weights
-    overrides: dict[str, Any] = field(default_factory=dict)  # raw DeepSpeed config keys, merged last
+    # 0: plain data parallel (SmolLM2's choice; the fastest on one GPU); 1: optimizer state sharded over
+    # GPUs; 2: and gradients; 3: and the weights.
+    zero_stage: int = key(0, lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3")
+    overrides: dict[str, Any] = key(factory=dict)  # raw DeepSpeed config keys, merged last
     overrides_file: str | None = None  # a DeepSpeed JSON file merged before `overrides`
 
 
 @dataclass
 class EvalConfig:
-    eval_every: int = 500  # steps between evals; 0: only at the end
-    num_blocks: int = 64  # val loss over the first N val blocks (fewer if val has fewer)
-    micro_batch_size: int | None = None  # default: train.micro_batch_size
-    prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "To be, or not to be",
-                                                        "The meaning of life is"])
-    max_new_tokens: int = 48
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = 50
+    eval_every: int = key(500, _non_negative, "must be >= 0 (0: only at the end)")  # steps between evals
+    num_blocks: int = key(256, _positive, "must be > 0")  # val loss over the first N val blocks (or all there are)
+    micro_batch_size: int | None = key(None, _positive_or_null, "must be > 0")  # per GPU; null: train's
+    prompts: list[str] = key(factory=lambda: ["Once upon a time", "To be, or not to be", "The meaning of life is"])
+    max_new_tokens: int = key(48, _non_negative, "must be >= 0")
+    temperature: float = key(0.8, _non_negative, "must be >= 0 (0: greedy)")
+    top_k: int | None = key(50, _positive_or_null, "must be > 0 or null")  # null: no top-k filter
     seed: int = 0  # the samples' own torch.Generator; training RNG is untouched
 
 
 @dataclass
 class CheckpointConfig:
-    save_every: int = 1000  # steps between checkpoints; 0: only at the end (and at train.stop_at)
-    keep_last: int = 3  # older checkpoints are deleted
+    save_every: int = key(1000, _non_negative, "must be >= 0 (0: only at the end)")  # also saved at stop_at
+    keep_last: int = key(3, _positive, "must be >= 1")  # older checkpoints are deleted
 
 
 @dataclass
 class LoggingConfig:
-    log_every: int = 10  # steps between console / metrics.jsonl / TensorBoard rows
-    tensorboard: bool = True
-    # MFU denominator per device in TFLOP/s. null: measure the matmul rate of this device in the
-    # training dtype at startup (about 800 on an H200 in bf16), as design.md prescribes.
-    peak_tflops: float | None = None
-    datasheet_tflops: float | None = None  # also report MFU against this (989 for H100/H200 bf16)
+    log_every: int = key(10, _positive, "must be > 0")  # steps between console / metrics.jsonl / TensorBoard rows
+    tensorboard: bool = True  # RUN_DIR/tensorboard
+    # MFU denominator per device in TFLOP/s. null: measure the matmul rate of this device in the training
+    # dtype at startup (about 800 on an H200 in bf16; docs/design.md).
+    peak_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
+    # Also report MFU against this datasheet figure (989 for H100/H200 SXM bf16).
+    datasheet_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
 
 
 @dataclass
@@ -139,73 +235,59 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def validate(self, world_size: int) -> None:
-        """Raise UserError naming the first impossible value."""
-        self.model.validate("model")
+        """Raise UserError naming the first impossible value: each key's own check, then the cross-key rules."""
         for section in dataclasses.fields(self):
-            for f in dataclasses.fields(getattr(self, section.name)):
-                if f.metadata.get("required") and not getattr(getattr(self, section.name), f.name):
-                    raise UserError(f"{section.name}.{f.name}: required, not set (in the YAML or with --set)")
-        t, o, s, e = self.train, self.optimizer, self.schedule, self.eval
-        _check(self.data.num_workers >= 0, "data.num_workers", "must be >= 0", self.data.num_workers)
-        _check(t.max_steps > 0, "train.max_steps", "must be > 0", t.max_steps)
+            values = getattr(self, section.name)
+            for f in dataclasses.fields(values):
+                value, name = getattr(values, f.name), f"{section.name}.{f.name}"
+                if f.metadata.get("required") and not value:
+                    raise UserError(f"{name}: required, not set (in the YAML or with --set)")
+                check = f.metadata.get("check")
+                if check is not None:
+                    _check(check(value), name, f.metadata["expected"], value)
+        self.model.check()
+        t, s = self.train, self.schedule
         if t.stop_at is not None:
-            _check(0 < t.stop_at <= t.max_steps, "train.stop_at", f"must be in 1..train.max_steps ({t.max_steps})",
-                   t.stop_at)
-        _check(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0", t.micro_batch_size)
-        _check(t.global_batch_size > 0, "train.global_batch_size", "must be > 0", t.global_batch_size)
-        per_step = t.micro_batch_size * world_size
-        _check(t.global_batch_size % per_step == 0, "train.global_batch_size",
-               f"must be a multiple of train.micro_batch_size x world size = {t.micro_batch_size} x {world_size}",
-               t.global_batch_size)
+            _check(
+                t.stop_at <= t.max_steps, "train.stop_at", f"must be in 1..train.max_steps ({t.max_steps})", t.stop_at
+            )
+        _check(
+            t.global_batch_size % (t.micro_batch_size * world_size) == 0,
+            "train.global_batch_size",
+            f"must be a multiple of train.micro_batch_size x world size = {t.micro_batch_size} x {world_size}",
+            t.global_batch_size,
+        )
         layers = self.model.num_hidden_layers
-        _check(t.activation_checkpointing == "selective" or 0 <= t.activation_checkpointing <= layers,
-               "train.activation_checkpointing", f"must be 0 (off) .. model.num_hidden_layers ({layers}) or "
-               "selective", t.activation_checkpointing)
-        _check(o.lr > 0, "optimizer.lr", "must be > 0", o.lr)
-        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
-               "must be two numbers in [0, 1)", o.betas)
-        _check(o.eps > 0, "optimizer.eps", "must be > 0", o.eps)
-        _check(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", o.weight_decay)
-        _check(set(o.no_decay) <= set(NO_DECAY_KINDS), "optimizer.no_decay",
-               f"entries must be among {list(NO_DECAY_KINDS)}", o.no_decay)
-        _check(o.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0: off)", o.grad_clip)
-        _check(s.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", s.warmup_steps)
-        _check(0 <= s.decay_fraction <= 1, "schedule.decay_fraction", "must be in [0, 1]", s.decay_fraction)
-        _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must be in [0, 1]", s.min_lr_ratio)
+        _check(
+            t.activation_checkpointing == "selective" or t.activation_checkpointing <= layers,
+            "train.activation_checkpointing",
+            f"must be 0 (off) .. model.num_hidden_layers ({layers}) or selective",
+            t.activation_checkpointing,
+        )
         decay_start = t.max_steps - round(s.decay_fraction * t.max_steps) if s.name == "wsd" else t.max_steps
-        _check(s.warmup_steps <= decay_start, "schedule.warmup_steps",
-               f"must end before the decay starts (step {decay_start} of train.max_steps {t.max_steps})",
-               s.warmup_steps)
-        _check(self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3",
-               self.deepspeed.zero_stage)
+        _check(
+            s.warmup_steps <= decay_start,
+            "schedule.warmup_steps",
+            f"must end before the decay starts (step {decay_start} of train.max_steps {t.max_steps})",
+            s.warmup_steps,
+        )
         # The fused LM-head loss reads the head's weight outside lm_head's own forward; ZeRO-3 gathers
         # it there for the tied head (the embedding) but not for a separate one in backward.
-        _check(self.deepspeed.zero_stage < 3 or self.model.tie_word_embeddings or not t.fused_loss,
-               "deepspeed.zero_stage", "3 with train.fused_loss needs model.tie_word_embeddings: true",
-               self.deepspeed.zero_stage)
-        _check(e.eval_every >= 0, "eval.eval_every", "must be >= 0 (0: only at the end)", e.eval_every)
-        _check(e.num_blocks > 0, "eval.num_blocks", "must be > 0", e.num_blocks)
-        _check(e.micro_batch_size is None or e.micro_batch_size > 0, "eval.micro_batch_size", "must be > 0",
-               e.micro_batch_size)
-        _check(e.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0", e.max_new_tokens)
-        _check(e.temperature >= 0, "eval.temperature", "must be >= 0 (0: greedy)", e.temperature)
-        _check(e.top_k is None or e.top_k > 0, "eval.top_k", "must be > 0 or null", e.top_k)
-        _check(self.checkpoint.save_every >= 0, "checkpoint.save_every", "must be >= 0 (0: only at the end)",
-               self.checkpoint.save_every)
-        _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1", self.checkpoint.keep_last)
-        _check(self.logging.log_every > 0, "logging.log_every", "must be > 0", self.logging.log_every)
-        for key in ("peak_tflops", "datasheet_tflops"):
-            value = getattr(self.logging, key)
-            _check(value is None or value > 0, f"logging.{key}", "must be > 0 or null", value)
+        _check(
+            self.deepspeed.zero_stage < 3 or self.model.tie_word_embeddings or not t.fused_loss,
+            "deepspeed.zero_stage",
+            "3 with train.fused_loss needs model.tie_word_embeddings: true",
+            self.deepspeed.zero_stage,
+        )
 
 
-def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+_NO_VALUE = object()
+
+
+def _check(ok: bool, key_name: str, expected: str, value: Any = _NO_VALUE) -> None:
     if not ok:
-        raise UserError(f"{key}: {expected}, got {value!r}")
+        raise UserError(f"{key_name}: {expected}" + ("" if value is _NO_VALUE else f", got {value!r}"))
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), world_size: int = 1) -> Config:
@@ -234,21 +316,21 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), world
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `true`, `[a, b]`, `null`)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
+    key_name, sep, text = item.partition("=")
+    if not sep or not key_name or any(not part for part in key_name.split(".")):
         raise UserError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.max_steps=100")
     try:
         value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         raise UserError(f"--set {item}: the value is not valid YAML") from None
-    *parents, leaf = key.split(".")
+    *parents, leaf = key_name.split(".")
     node = raw
     for i, part in enumerate(parents):
         child = node.get(part)
         if child is None:  # an absent or empty section (`eval:` alone is null in YAML)
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UserError(f"--set {item}: {'.'.join(parents[:i + 1])} is not a section")
+            raise UserError(f"--set {item}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
     node[leaf] = value
 
@@ -262,39 +344,39 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
-    for key, value in raw.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
+    for name, value in raw.items():
+        full = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
             raise UserError(f"{full}: unknown key (expected one of: {', '.join(names)})")
-        values[key] = _coerce(value, hints[key], full)
+        values[name] = _coerce(value, hints[name], full)
     return cls(**values)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def _coerce(value: Any, hint: Any, key_name: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return _build(hint, value, key_name)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
         for option in options:
             try:
-                return _coerce(value, option, key)
+                return _coerce(value, option, key_name)
             except UserError:
                 continue
-        raise UserError(f"{key}: expected {_describe(hint)}, got {value!r}")
+        raise UserError(f"{key_name}: expected {_describe(hint)}, got {value!r}")
     if origin is Literal:
         if value not in args:
-            raise UserError(f"{key}: expected one of {list(args)}, got {value!r}")
+            raise UserError(f"{key_name}: expected one of {list(args)}, got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"{key}: expected a list of {_describe(args[0])}, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+            raise UserError(f"{key_name}: expected a list of {_describe(args[0])}, got {value!r}")
+        return [_coerce(v, args[0], f"{key_name}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{key}: expected a mapping, got {value!r}")
+            raise UserError(f"{key_name}: expected a mapping, got {value!r}")
         return value
     if hint is bool and isinstance(value, bool):
         return value
@@ -311,7 +393,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
     if hint is str and isinstance(value, str):
         return value
-    raise UserError(f"{key}: expected {_describe(hint)}, got {value!r}")
+    raise UserError(f"{key_name}: expected {_describe(hint)}, got {value!r}")
 
 
 def _describe(hint: Any) -> str:
@@ -325,16 +407,12 @@ def _describe(hint: Any) -> str:
 
 
 def config_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=120)
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, default_flow_style=False, width=120)
 
 
 def save_config(config: Config, path: str | os.PathLike, header: str = "") -> None:
     """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    text = "".join(f"# {line}\n" for line in header.splitlines()) + config_yaml(config)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"# {line}\n" for line in header.splitlines()) + config_yaml(config))
 
 
 def config_hash(section: Any) -> str:

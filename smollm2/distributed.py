@@ -22,6 +22,7 @@ is written back as RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, the varia
 `torch.distributed`'s env:// rendezvous (and so DeepSpeed) reads; with all five set, DeepSpeed skips
 its own MPI discovery, which would rendezvous on the machine's first non-loopback address.
 """
+
 from __future__ import annotations
 
 import os
@@ -96,7 +97,11 @@ def first_slurm_host(nodelist: str) -> str:
 def _slurm_master_addr() -> str:
     # The step's node list, not the job's: a step may run on part of the allocation, and its task 0
     # runs on the step's first node.
-    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    nodelist = (
+        os.environ.get("SLURM_STEP_NODELIST")
+        or os.environ.get("SLURM_JOB_NODELIST")
+        or os.environ.get("SLURM_NODELIST")
+    )
     if not nodelist:
         return "127.0.0.1"
     try:
@@ -111,8 +116,10 @@ def _mpi4py_rendezvous() -> tuple[int, int, int, str, int]:
     try:
         from mpi4py import MPI
     except ImportError:
-        raise UserError("started by an MPI launcher, but mpi4py is not installed: pip install 'smollm2[mpi]' "
-                        "(or set MASTER_ADDR and MASTER_PORT yourself)") from None
+        raise UserError(
+            "started by an MPI launcher, but mpi4py is not installed: pip install 'smollm2[mpi]' "
+            "(or set MASTER_ADDR and MASTER_PORT yourself)"
+        ) from None
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     local_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -165,8 +172,10 @@ def discover() -> DistEnv:
         env = DistEnv(0, 1, 0, "single")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not (0 <= env.rank < env.world_size and 0 <= env.local_rank <= env.rank):
-        raise UserError(f"launcher ({env.launcher}) gave rank {env.rank}, local rank {env.local_rank}, "
-                        f"world size {env.world_size}: expected 0 <= local rank <= rank < world size")
+        raise UserError(
+            f"launcher ({env.launcher}) gave rank {env.rank}, local rank {env.local_rank}, "
+            f"world size {env.world_size}: expected 0 <= local rank <= rank < world size"
+        )
     os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(DEFAULT_PORT))

@@ -23,8 +23,10 @@ clip instead (`build_engine` returns the norm to clip to): 2.3 ms a step instead
 Why torch AdamW and not DeepSpeed's FusedAdam/CPUAdam: the same optimizer on every device, fused
 kernels on CUDA (`fused=True`), and no 40 s JIT build of a C++ op on CPU machines.
 """
+
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -59,6 +61,18 @@ def init_distributed(env: DistEnv) -> torch.device:
         device = torch.device("cpu")
     deepspeed.init_distributed()
     return device
+
+
+def leave_process_group() -> None:
+    """Leave the process group, the engine already destroyed, with no gloo thread left for Python's exit to trip on.
+
+    Without the garbage collection around destroy_process_group, gloo's worker threads could still be alive
+    when the interpreter finalizes, and a 2-rank CPU job then died in 1 exit of 4 with "terminate called
+    without an active exception" (SIGABRT) after all its work was done (docs/design.md, "Exiting cleanly").
+    """
+    gc.collect()
+    torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -139,8 +153,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> 
 
 def deepspeed_clips(ds: dict[str, Any]) -> bool:
     """Whether this DeepSpeed config wraps the optimizer in one that clips (and reports the norm) itself."""
-    return (ds.get("zero_optimization", {}).get("stage", 0) > 0
-            or any(ds.get(key, {}).get("enabled", False) for key in ("bf16", "bfloat16", "fp16")))
+    return ds.get("zero_optimization", {}).get("stage", 0) > 0 or any(
+        ds.get(key, {}).get("enabled", False) for key in ("bf16", "bfloat16", "fp16")
+    )
 
 
 def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch.dtype):
@@ -169,16 +184,22 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         # not through lm_head's own forward: ZeRO-3 must gather that weight there too.
         deepspeed.zero.register_external_parameter(model, model.lm_head.weight)
     o = config.optimizer
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay), lr=o.lr, betas=tuple(o.betas),
-                                  eps=o.eps, fused=torch.cuda.is_available())
+    optimizer = torch.optim.AdamW(
+        param_groups(model, o.weight_decay, o.no_decay),
+        lr=o.lr,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        fused=torch.cuda.is_available(),
+    )
     scheduler = build_scheduler(optimizer, config.schedule, config.train.max_steps)
     ds_config = deepspeed_config(config, world_size, dtype)
     grad_clip = 0.0
     if not deepspeed_clips(ds_config):
         grad_clip, ds_config["gradient_clipping"] = float(ds_config.get("gradient_clipping", 0.0)), 0.0
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     if grad_clip and hasattr(engine.optimizer, "_global_grad_norm"):
-        raise RuntimeError(f"DeepSpeed wrapped the optimizer in {type(engine.optimizer).__name__}, which "
-                           "smollm2.engine.deepspeed_clips did not expect: gradients would be clipped twice")
+        raise RuntimeError(
+            f"DeepSpeed wrapped the optimizer in {type(engine.optimizer).__name__}, which "
+            "smollm2.engine.deepspeed_clips did not expect: gradients would be clipped twice"
+        )
     return engine, grad_clip

@@ -11,6 +11,7 @@ Every rank runs the same number of forward passes, real or padding, and generate
 tokens (no early stop at EOS; the text is cut there afterwards): under ZeRO-3 each forward gathers
 the weights collectively, and a rank that stopped early would leave the others waiting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,15 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str =
 
 
 @torch.no_grad()
-def validation_loss(model: Callable[..., Any], dataset, num_blocks: int, micro_batch_size: int,
-                    device: torch.device, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
+def validation_loss(
+    model: Callable[..., Any],
+    dataset,
+    num_blocks: int,
+    micro_batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[float, int]:
     """(mean loss per token, blocks evaluated) over the first `num_blocks` blocks of `dataset`.
 
     `model` is the DeepSpeed engine or a plain SmolLM2ForCausalLM; the caller sets eval mode.
@@ -59,18 +67,34 @@ def validation_loss(model: Callable[..., Any], dataset, num_blocks: int, micro_b
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                     top_k: int | None, seed: int, device: torch.device, eos_id: int) -> list[tuple[str, str]]:
+def generate_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    device: torch.device,
+    eos_id: int,
+) -> list[tuple[str, str]]:
     """(prompt, continuation) per prompt; the continuation is cut at the first EOS."""
     generator = torch.Generator(device=device).manual_seed(seed)
     samples = []
     for prompt in prompts:
         ids = tokenizer.encode(prompt).ids or [eos_id]  # an empty prompt starts from a document boundary
-        tokens = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
-                                top_k=top_k, eos_token_id=None, generator=generator)
-        new = tokens[0, len(ids):].tolist()
+        tokens = model.generate(
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            eos_token_id=None,
+            generator=generator,
+        )
+        new = tokens[0, len(ids) :].tolist()
         if eos_id in new:
-            new = new[:new.index(eos_id)]
+            new = new[: new.index(eos_id)]
         samples.append((prompt, tokenizer.decode(new)))
     return samples
 
@@ -80,16 +104,23 @@ def perplexity(loss: float) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_CKPT",
-                        help="a run directory (its latest checkpoint) or one checkpoint folder")
-    parser.add_argument("--data", metavar="DIR", help="prepared data folder whose val.bin to use "
-                        "(default: data.path of the run's config.yaml)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN_DIR_OR_CKPT",
+        help="a run directory (its latest checkpoint) or one checkpoint folder",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="prepared data folder whose val.bin to use (default: data.path of the run's config.yaml)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
+    from smollm2.checkpoint import find_checkpoint, load_run_model, read_client_state
     from smollm2.config import load_config
     from smollm2.data import PackedTokenDataset
-    from smollm2.run_dir import find_checkpoint, load_run_model, read_client_state
     from smollm2.tokenizer import eos_token_id, tokenizer_fingerprint
 
     checkpoint = find_checkpoint(args.checkpoint)
@@ -99,16 +130,30 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     data_dir = Path(args.data or config.data.path)
-    val = PackedTokenDataset(data_dir / "val.bin", model.config.block_size,
-                             expected_vocab_size=model.config.vocab_size,
-                             expected_fingerprint=tokenizer_fingerprint(tokenizer))
+    val = PackedTokenDataset(
+        data_dir / "val.bin",
+        model.config.block_size,
+        expected_vocab_size=model.config.vocab_size,
+        expected_fingerprint=tokenizer_fingerprint(tokenizer),
+    )
     e = config.eval
-    loss, blocks = validation_loss(model, val, e.num_blocks, e.micro_batch_size or config.train.micro_batch_size,
-                                   device)
-    print(f"{checkpoint.path} (step {step}): val loss {loss:.4f}, ppl {perplexity(loss):.2f} "
-          f"over {blocks} blocks of {model.config.block_size} tokens of {data_dir / 'val.bin'}")
-    samples = generate_samples(model, tokenizer, e.prompts, max_new_tokens=e.max_new_tokens,
-                               temperature=e.temperature, top_k=e.top_k, seed=e.seed, device=device,
-                               eos_id=eos_token_id(tokenizer))
+    loss, blocks = validation_loss(
+        model, val, e.num_blocks, e.micro_batch_size or config.train.micro_batch_size, device
+    )
+    print(
+        f"{checkpoint.path} (step {step}): val loss {loss:.4f}, ppl {perplexity(loss):.2f} "
+        f"over {blocks} blocks of {model.config.block_size} tokens of {data_dir / 'val.bin'}"
+    )
+    samples = generate_samples(
+        model,
+        tokenizer,
+        e.prompts,
+        max_new_tokens=e.max_new_tokens,
+        temperature=e.temperature,
+        top_k=e.top_k,
+        seed=e.seed,
+        device=device,
+        eos_id=eos_token_id(tokenizer),
+    )
     for prompt, text in samples:
         print(f"--- {prompt!r}\n{prompt}{text}")

@@ -1,4 +1,5 @@
 """`smollm2 generate`: continue a prompt with a model from an HF folder or a GGUF file, streaming to stdout."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,12 @@ from smollm2.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="RUN_DIR|HF_DIR|GGUF",
-                        help="a Hugging Face model folder (with tokenizer.json) or a .gguf file")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="RUN_DIR|HF_DIR|GGUF",
+        help="a Hugging Face model folder (with tokenizer.json) or a .gguf file",
+    )
     parser.add_argument("--prompt", required=True, help="text to continue (empty: start from the bos token)")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     import torch
 
-    from smollm2.loading import load_model
+    from smollm2.checkpoint import load_model
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
@@ -76,12 +81,22 @@ def run(args: argparse.Namespace) -> int:
 
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    output = model.generate(input_ids, args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k or None, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                            generator=generator, on_token=token_printer(tokenizer, sys.stdout))
+    output = model.generate(
+        input_ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        eos_token_id=model.config.eos_token_id,
+        generator=generator,
+        on_token=token_printer(tokenizer, sys.stdout),
+    )
     sys.stdout.write("\n")
     new_tokens = output.shape[1] - input_ids.shape[1]
     elapsed = time.perf_counter() - loaded
-    print(f"[smollm2 generate] {new_tokens} tokens in {elapsed:.1f} s ({new_tokens / elapsed:.1f} tokens/s) "
-          f"on {device}; model loaded in {loaded - start:.1f} s", file=sys.stderr)
+    print(
+        f"[smollm2 generate] {new_tokens} tokens in {elapsed:.1f} s ({new_tokens / elapsed:.1f} tokens/s) "
+        f"on {device}; model loaded in {loaded - start:.1f} s",
+        file=sys.stderr,
+    )
     return 0

@@ -6,6 +6,7 @@ numpy view for every vocabulary string and took 4-10 s on SmolLM2's 98k strings 
 machine, against under a second for this reader. The whole SmolLM2-135M load took about 4 s there
 (transformers' own GGUF loader: 15-60 s).
 """
+
 from __future__ import annotations
 
 import mmap
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from smollm2.errors import UserError
-from smollm2.model import IMPORTED_BLOCK_SIZE_CAP, SmolLM2Config
+from smollm2.hf import IMPORTED_BLOCK_SIZE_CAP, checked_config
+from smollm2.model import SmolLM2Config
 
 # llama.cpp tensor names -> transformers LlamaForCausalLM keys ("{i}" is the layer).
 TENSOR_NAMES = {
@@ -69,7 +71,7 @@ class _Header:
         end = self.offset + length
         if end > len(self.buffer):
             raise struct.error("string runs past the end of the file")
-        text = self.buffer[self.offset:end].decode("utf-8")
+        text = self.buffer[self.offset : end].decode("utf-8")
         self.offset = end
         return text
 
@@ -152,8 +154,10 @@ class GGUFFile:
         heads = int(self.field("llama.attention.head_count"))
         rope_dim = int(self.field("llama.rope.dimension_count", hidden // heads))
         if rope_dim != hidden // heads:
-            raise UserError(f"{self.path}: llama.rope.dimension_count {rope_dim} is not head_dim {hidden // heads} "
-                            f"(partial rotary embeddings are not supported)")
+            raise UserError(
+                f"{self.path}: llama.rope.dimension_count {rope_dim} is not head_dim {hidden // heads} "
+                f"(partial rotary embeddings are not supported)"
+            )
         scaling = self.field("llama.rope.scaling.type", "none")
         if scaling != "none":
             raise UserError(f"{self.path}: llama.rope.scaling.type {scaling!r} is not supported, expected 'none'")
@@ -174,21 +178,24 @@ class GGUFFile:
             bos_token_id=int(self.field("tokenizer.ggml.bos_token_id", 0)),
             eos_token_id=int(self.field("tokenizer.ggml.eos_token_id", 0)),
         )
-        config.validate(prefix=str(self.path))
-        return config
+        return checked_config(config, str(self.path))
 
     def state_dict(self, config: SmolLM2Config) -> dict[str, torch.Tensor]:
         """float32 weights under transformers' key names, dequantized by gguf's own dequantizer."""
         from gguf.quants import dequantize
 
-        names = {gguf_name.format(i=i): hf_name.format(i=i)
-                 for gguf_name, hf_name in TENSOR_NAMES.items()
-                 for i in (range(config.num_hidden_layers) if "{i}" in gguf_name else [0])}
+        names = {
+            gguf_name.format(i=i): hf_name.format(i=i)
+            for gguf_name, hf_name in TENSOR_NAMES.items()
+            for i in (range(config.num_hidden_layers) if "{i}" in gguf_name else [0])
+        }
         state_dict: dict[str, torch.Tensor] = {}
         for tensor in self.tensors:
             if tensor.name not in names:
-                raise UserError(f"{self.path}: unexpected tensor {tensor.name} for a llama model of "
-                                f"{config.num_hidden_layers} layers")
+                raise UserError(
+                    f"{self.path}: unexpected tensor {tensor.name} for a llama model of "
+                    f"{config.num_hidden_layers} layers"
+                )
             try:
                 weight = dequantize(tensor.data, tensor.qtype).reshape(tensor.shape)
             except (NotImplementedError, ValueError) as exc:
@@ -207,15 +214,18 @@ class GGUFFile:
 
         model_kind = self.field("tokenizer.ggml.model")
         if model_kind != "gpt2":
-            raise UserError(f"{self.path}: tokenizer.ggml.model is {model_kind!r}; only byte-level BPE ('gpt2') "
-                            f"is supported")
+            raise UserError(
+                f"{self.path}: tokenizer.ggml.model is {model_kind!r}; only byte-level BPE ('gpt2') is supported"
+            )
         tokens = self.field("tokenizer.ggml.tokens")
         token_types = self.field("tokenizer.ggml.token_type", [])
         alphabet = _bytes_to_unicode()
         spelled = set(alphabet.values())
         # Vocabulary entries are in GPT-2's byte alphabet; one stored as raw text is re-spelled byte by byte.
-        vocab = {token if set(token) <= spelled else "".join(alphabet[b] for b in token.encode("utf-8")): i
-                 for i, token in enumerate(tokens)}
+        vocab = {
+            token if set(token) <= spelled else "".join(alphabet[b] for b in token.encode("utf-8")): i
+            for i, token in enumerate(tokens)
+        }
         merges = [tuple(merge.split(" ", 1)) for merge in self.field("tokenizer.ggml.merges")]
         tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -223,36 +233,36 @@ class GGUFFile:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
         # Control tokens (<|im_start|>, ...) must stay whole. A "control" token outside the byte alphabet
         # is a llama.cpp mislabel, skipped as transformers does.
-        tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                      for t, token_type in zip(tokens, token_types)
-                                      if token_type == TOKEN_TYPE_CONTROL and set(t) <= spelled])
-        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False)
-                              for t, token_type in zip(tokens, token_types)
-                              if token_type == TOKEN_TYPE_USER_DEFINED and t in vocab])
+        tokenizer.add_special_tokens(
+            [
+                AddedToken(t, normalized=False, special=True)
+                for t, token_type in zip(tokens, token_types)
+                if token_type == TOKEN_TYPE_CONTROL and set(t) <= spelled
+            ]
+        )
+        tokenizer.add_tokens(
+            [
+                AddedToken(t, normalized=False, special=False)
+                for t, token_type in zip(tokens, token_types)
+                if token_type == TOKEN_TYPE_USER_DEFINED and t in vocab
+            ]
+        )
         return tokenizer
 
     def special_tokens(self) -> dict[str, str | None]:
         """bos/eos/unk/pad token texts and the chat template the file stores (None where absent)."""
         tokens = self.field("tokenizer.ggml.tokens")
         out: dict[str, str | None] = {}
-        for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                          ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        for name, key in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"),
+        ):
             token_id = self.fields.get(f"tokenizer.ggml.{key}")
             out[name] = tokens[token_id] if token_id is not None else None
         out["chat_template"] = self.fields.get("tokenizer.chat_template")
         return out
-
-
-def load_gguf(path: str | Path, block_size: int | None = None) -> tuple[SmolLM2Config, dict[str, torch.Tensor]]:
-    """(config, float32 state dict with transformers' key names) of a llama GGUF file."""
-    gguf_file = GGUFFile(path)
-    config = gguf_file.config(block_size)
-    return config, gguf_file.state_dict(config)
-
-
-def load_gguf_tokenizer(path: str | Path) -> Any:
-    """The file's byte-level BPE tokenizer as a `tokenizers.Tokenizer`."""
-    return GGUFFile(path).tokenizer()
 
 
 def _float32_value(value: float) -> float:

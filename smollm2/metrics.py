@@ -9,7 +9,7 @@ all three places:
 | lr                | train/lr             | learning rate of the last step                               |
 | grad_norm         | train/grad_norm      | global gradient norm before clipping, last step              |
 | tokens_per_s      | perf/tokens_per_s    | training tokens per second, all ranks together               |
-| mfu               | perf/mfu             | percent of the per-device peak (design.md: 6N + 12 L h s)    |
+| mfu               | perf/mfu             | percent of the per-device peak (flops_per_token below)       |
 | mfu_datasheet     | perf/mfu_datasheet   | the same against logging.datasheet_tflops, when set          |
 | peak_mem_gib      | perf/peak_mem_gib    | peak GPU memory allocated (CPU: peak resident set size)      |
 | data_wait_ms      | perf/data_wait_ms    | time per step spent waiting for the next batch               |
@@ -21,6 +21,7 @@ Generation samples go to RUN_DIR/samples.jsonl and to TensorBoard text `samples/
 A job starting at step S (0 for a new run) drops the rows past S that an interrupted job left (in the
 JSON files and, through SummaryWriter's purge_step, in TensorBoard): every file tells one history.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from smollm2.atomic import write_text_atomic
 
 TENSORBOARD_TAGS = {
     "loss": "train/loss",
@@ -52,8 +55,7 @@ TENSORBOARD_TAGS = {
 class MetricsLogger:
     """metrics.jsonl + samples.jsonl + TensorBoard for one run directory (a no-op when not enabled)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool, tensorboard: bool,
-                 start_step: int = 0) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool, tensorboard: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
@@ -109,17 +111,19 @@ def _append_json(path: Path, row: dict[str, Any]) -> None:
 def _drop_rows_after(path: Path, step: int) -> None:
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    kept = [
+        line for line in path.read_text().splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step
+    ]
+    write_text_atomic(path, "".join(kept))
 
 
 def format_progress(step: int, max_steps: int, row: dict[str, Any], eta_s: float | None) -> str:
     """`step 120/1000 (12%) | loss 4.1234 | lr 3.00e-03 | ... | ETA 0:12:34` for the console."""
-    parts = [f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)", f"loss {row['loss']:.4f}",
-             f"lr {row['lr']:.2e}"]
+    parts = [
+        f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)",
+        f"loss {row['loss']:.4f}",
+        f"lr {row['lr']:.2e}",
+    ]
     if row.get("grad_norm") is not None:
         parts.append(f"grad {row['grad_norm']:.3f}")
     parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
@@ -146,13 +150,30 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
 
+def parameter_count(arch: Any) -> int:
+    """Unique parameters of a SmolLM2 of this architecture (a SmolLM2Config or the config's model section):
+    the tied LM head shares the embedding and counts once."""
+    hidden, kv_width = arch.hidden_size, arch.num_key_value_heads * (arch.hidden_size // arch.num_attention_heads)
+    attention = 2 * hidden * hidden + 2 * hidden * kv_width  # q, o and k, v
+    mlp = 3 * hidden * arch.intermediate_size  # gate, up, down
+    layer = attention + mlp + 2 * hidden  # and two RMSNorm gains
+    embeddings = arch.vocab_size * hidden * (1 if arch.tie_word_embeddings else 2)
+    return embeddings + arch.num_hidden_layers * layer + hidden  # and the final norm
+
+
+def flops_per_token(arch: Any, seq_len: int) -> int:
+    """Training FLOPs per token, PaLM's convention (docs/design.md): 6 N + 12 layers hidden seq, where the
+    second term is the attention scores and their product with the values, forward and backward."""
+    return 6 * parameter_count(arch) + 12 * arch.num_hidden_layers * arch.hidden_size * seq_len
+
+
 def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     """This device's dense matmul rate in `dtype`: the MFU denominator when none is configured.
 
-    Timed as design.md and hf_baseline.py time it: a burst of square products (8192 on GPU, 512 on CPU)
-    after a warm-up, one synchronization at the end. A loop that synchronizes after every product read
-    665-696 TFLOP/s on an H200 where this reads about 798 (bench/RESULTS.md), and the lower denominator
-    overstated MFU by some 15%.
+    Timed as docs/design.md says: a burst of square products (8192 on GPU, 512 on CPU) after a warm-up,
+    one synchronization at the end. A loop that synchronizes after every product read 665-696 TFLOP/s on
+    an H200 where this reads about 798 (bench/RESULTS.md), and the lower denominator overstated MFU by
+    some 15%.
     """
     n, reps = (8192, 20) if device.type == "cuda" else (512, 20)
     generator = torch.Generator(device=device).manual_seed(0)  # leaves the training RNG untouched

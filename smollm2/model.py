@@ -1,18 +1,17 @@
-"""SmolLM2: a Llama-style causal language model in plain PyTorch, module for module as the spec names them.
+"""The SmolLM2 model: a Llama-style causal language model in plain PyTorch, module for module as the spec names them.
 
 Reads top to bottom like the spec: config, RMSNorm, rotary embeddings, MLP, attention, decoder layer,
 the decoder stack, the LM head with loss and generation. The state-dict keys are exactly those of
-transformers' LlamaForCausalLM, so weights move both ways without renaming (see smollm2/hf.py).
-No distributed code lives here: DeepSpeed wraps this module from the outside.
+transformers' LlamaForCausalLM, so weights move both ways without renaming (smollm2/hf.py translates the
+config and reads and writes the files). No distributed code lives here: smollm2/engine.py wraps this
+module in DeepSpeed, activation checkpointing and torch.compile from the outside. Bad hyperparameters
+raise ValueError naming the field; the config and file readers turn that into a message for the user.
 """
+
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from smollm2 import ops
-from smollm2.errors import UserError
 
 # One layer's KV cache: (keys, values), each [batch, num_key_value_heads, seq, head_dim], before repeat_kv.
 LayerCache = tuple[torch.Tensor, torch.Tensor]
@@ -31,10 +29,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
-
-# Imported checkpoints often declare very long contexts (SmolLM2-135M: 8192); their default training
-# and generation window is capped here so that a block fits in memory on small machines.
-IMPORTED_BLOCK_SIZE_CAP = 8192
 
 
 @dataclass
@@ -61,126 +55,46 @@ class SmolLM2Config:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self, prefix: str = "model") -> None:
-        """Raise UserError naming the first inconsistent key."""
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "max_position_embeddings", "block_size"):
+    def validate(self) -> None:
+        """Raise ValueError naming the first field this model cannot be built with."""
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "block_size",
+        ):
             if getattr(self, key) <= 0:
-                raise UserError(f"{prefix}.{key}: must be a positive integer, got {getattr(self, key)}")
+                raise ValueError(f"{key}: must be a positive integer, got {getattr(self, key)}")
         for key in ("initializer_range", "rms_norm_eps", "rope_theta"):
             if not getattr(self, key) > 0:
-                raise UserError(f"{prefix}.{key}: must be positive, got {getattr(self, key)}")
+                raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
         if self.hidden_size % self.num_attention_heads:
-            raise UserError(f"{prefix}.num_attention_heads: {self.num_attention_heads} does not divide "
-                            f"hidden_size {self.hidden_size}")
+            raise ValueError(
+                f"num_attention_heads: {self.num_attention_heads} does not divide hidden_size {self.hidden_size}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise UserError(f"{prefix}.num_key_value_heads: {self.num_key_value_heads} does not divide "
-                            f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"num_key_value_heads: {self.num_key_value_heads} does not divide num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
         if self.head_dim % 2:
-            raise UserError(f"{prefix}.num_attention_heads: head_dim {self.head_dim} (hidden_size / heads) must be "
-                            f"even for rotary embeddings")
+            raise ValueError(
+                f"num_attention_heads: head_dim {self.head_dim} (hidden_size / heads) must be even for "
+                "rotary embeddings"
+            )
         if self.hidden_act not in ACTIVATIONS:
-            raise UserError(f"{prefix}.hidden_act: {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"hidden_act: {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.block_size > self.max_position_embeddings:
-            raise UserError(f"{prefix}.block_size: {self.block_size} exceeds max_position_embeddings "
-                            f"{self.max_position_embeddings}")
+            raise ValueError(
+                f"block_size: {self.block_size} exceeds max_position_embeddings {self.max_position_embeddings}"
+            )
         for key in ("bos_token_id", "eos_token_id"):
             if not 0 <= getattr(self, key) < self.vocab_size:
-                raise UserError(f"{prefix}.{key}: {getattr(self, key)} is not a token id below vocab_size "
-                                f"{self.vocab_size}")
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The transformers LlamaConfig fields (config.json) describing this model."""
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": self.hidden_act,
-            "max_position_embeddings": self.max_position_embeddings,
-            "initializer_range": self.initializer_range,
-            "rms_norm_eps": self.rms_norm_eps,
-            # transformers < 5 reads rope_theta, transformers 5 reads rope_parameters: write both.
-            "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "attention_bias": False,
-            "mlp_bias": False,
-            "attention_dropout": 0.0,
-            "pretraining_tp": 1,
-            "use_cache": True,
-        }
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], block_size: int | None = None,
-                     source: str = "config.json") -> SmolLM2Config:
-        """Read a transformers LlamaConfig dict; refuse what this model cannot represent.
-
-        `block_size` defaults to min(max_position_embeddings, 8192).
-        """
-        model_type = d.get("model_type")
-        if model_type != "llama":
-            raise UserError(f"{source}: model_type is {model_type!r}, expected 'llama'")
-        for key, unsupported in (("attention_bias", True), ("mlp_bias", True)):
-            if d.get(key) == unsupported:
-                raise UserError(f"{source}: {key}={unsupported} is not supported (SmolLM2 has no biases)")
-        if d.get("pretraining_tp", 1) != 1:
-            raise UserError(f"{source}: pretraining_tp={d['pretraining_tp']} is not supported, expected 1")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise UserError(f"{source}: rope type {rope_type!r} is not supported, expected 'default'")
-        rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        try:
-            hidden_size, num_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
-            max_positions = int(d.get("max_position_embeddings", 2048))
-            values = dict(
-                vocab_size=int(d["vocab_size"]),
-                hidden_size=hidden_size,
-                intermediate_size=int(d["intermediate_size"]),
-                num_hidden_layers=int(d["num_hidden_layers"]),
-                num_attention_heads=num_heads,
-                num_key_value_heads=int(d.get("num_key_value_heads") or num_heads),
-                hidden_act=str(d.get("hidden_act", "silu")),
-                max_position_embeddings=max_positions,
-                initializer_range=float(d.get("initializer_range", 0.02)),
-                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(rope_theta),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                block_size=block_size if block_size is not None else min(max_positions, IMPORTED_BLOCK_SIZE_CAP),
-                bos_token_id=_first_id(d.get("bos_token_id"), 0),
-                eos_token_id=_first_id(d.get("eos_token_id"), 0),
-            )
-        except KeyError as exc:
-            raise UserError(f"{source}: missing key {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{source}: bad value ({exc})") from None
-        head_dim = d.get("head_dim")
-        if head_dim is not None and head_dim != hidden_size // num_heads:
-            raise UserError(f"{source}: head_dim={head_dim} is not supported, expected hidden_size / "
-                            f"num_attention_heads = {hidden_size // num_heads}")
-        config = cls(**values)
-        config.validate(prefix=source)
-        return config
-
-
-def _first_id(value: int | list[int] | None, default: int) -> int:
-    """HF configs may list several eos ids; ours holds the first (generation_config keeps the full list)."""
-    if value is None:
-        return default
-    if isinstance(value, list):
-        return int(value[0]) if value else default
-    return int(value)
+                raise ValueError(f"{key}: {getattr(self, key)} is not a token id below vocab_size {self.vocab_size}")
 
 
 class SmolLM2RMSNorm(nn.Module):
@@ -240,8 +154,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                         position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q, k [B, heads, L, head_dim] by the angles of `position_ids` [B or 1, L]."""
     cos = cos[position_ids].unsqueeze(1)  # [B, 1, L, head_dim]: broadcasts over heads
     sin = sin[position_ids].unsqueeze(1)
@@ -274,10 +189,10 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class SmolLM2Attention(nn.Module):
-    """Grouped-query self-attention with rotary embeddings and an optional KV cache.
+    """Grouped-query self-attention softmax(QK^T / sqrt(head_dim)) V with rotary embeddings and an optional KV cache.
 
-    `use_sdpa` picks torch's fused scaled_dot_product_attention (default) or the manual
-    softmax(QK^T / sqrt(d)) V path, kept as a readable reference and a fallback.
+    torch's scaled_dot_product_attention computes it (cuDNN / flash kernels on GPUs); the tests check it
+    against the formula written out.
     """
 
     def __init__(self, config: SmolLM2Config) -> None:
@@ -289,18 +204,20 @@ class SmolLM2Attention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        # Q/K/V stay three matmuls: fusing them (and gate/up) on concatenated weights ran the step 10 % slower
+        # on an H200 (its fused q/k/v gradient kernel alone took 15 % of the step; bench/RESULTS.md).
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
-        self.use_sdpa = True
-        # Plain causal attention hands SDPA the KV heads as they are (enable_gqa) instead of repeat_kv's
-        # copies: 1 % faster and 2.8 GiB less at micro-batch 128 on an H200. False: always repeat (masked
-        # attention always does). Q/K/V stay three matmuls: fusing them and gate/up on concatenated weights
-        # cost 10 % (the fused q/k/v gradient kernel alone took 15 % of the step).
-        self.sdpa_gqa = True
 
-    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_value: LayerCache | None = None, use_cache: bool = False,
-                ) -> tuple[torch.Tensor, LayerCache | None]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_value: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, LayerCache | None]:
         """`attention_mask`: None (plain causal) or bool [B, 1, L, past + L], True = may attend."""
         batch, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
@@ -312,23 +229,16 @@ class SmolLM2Attention(nn.Module):
             v = torch.cat([past_key_value[1], v], dim=2)
         present = (k, v) if use_cache else None
         # Without a mask, the model only calls us with no cache (causal) or one new token (sees everything).
-        is_causal = attention_mask is None and seq_len > 1
-        if self.use_sdpa and self.sdpa_gqa and attention_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
-                                                 enable_gqa=self.num_key_value_groups > 1)
-        elif self.use_sdpa:
+        if attention_mask is None:
+            # SDPA takes the KV heads as they are (enable_gqa) instead of repeat_kv's copies: 1 % faster and
+            # 2.8 GiB less at micro-batch 128 on an H200 (bench/RESULTS.md).
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=seq_len > 1, enable_gqa=self.num_key_value_groups > 1
+            )
+        else:  # padding masks (generation, evaluation): the masked kernels want every head's K and V
             k = repeat_kv(k, self.num_key_value_groups)
             v = repeat_kv(v, self.num_key_value_groups)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=is_causal)
-        else:
-            k = repeat_kv(k, self.num_key_value_groups)
-            v = repeat_kv(v, self.num_key_value_groups)
-            if is_causal:
-                attention_mask = torch.ones(seq_len, k.shape[2], dtype=torch.bool, device=q.device).tril()
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, float("-inf"))
-            out = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         return self.o_proj(out), present
 
@@ -345,23 +255,38 @@ class SmolLM2DecoderLayer(nn.Module):
         self.post_attention_layernorm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.selective_checkpoint = False  # keep matmul outputs, recompute the rest (set_activation_checkpointing)
 
-    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_value: LayerCache | None = None, use_cache: bool = False,
-                ) -> tuple[torch.Tensor, LayerCache | None]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_value: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, LayerCache | None]:
         if self.selective_checkpoint and torch.is_grad_enabled():
             # Inside forward, so that compiling the layer compiles the checkpoint with it and the policy
             # sees the traced matmuls. Around a compiled layer it would see none and recompute everything
             # (measured on an H200: 14 GiB and full-recompute speed instead of 52 GiB; bench/RESULTS.md).
-            return ops.selective_checkpoint(self._block, hidden_states, cos, sin, position_ids, attention_mask,
-                                            past_key_value, use_cache)
+            return ops.selective_checkpoint(
+                self._block, hidden_states, cos, sin, position_ids, attention_mask, past_key_value, use_cache
+            )
         return self._block(hidden_states, cos, sin, position_ids, attention_mask, past_key_value, use_cache)
 
-    def _block(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               position_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               past_key_value: LayerCache | None, use_cache: bool) -> tuple[torch.Tensor, LayerCache | None]:
-        attn_out, present = self.self_attn(self.input_layernorm(hidden_states), cos, sin, position_ids,
-                                           attention_mask, past_key_value, use_cache)
+    def _block(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_value: LayerCache | None,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, LayerCache | None]:
+        attn_out, present = self.self_attn(
+            self.input_layernorm(hidden_states), cos, sin, position_ids, attention_mask, past_key_value, use_cache
+        )
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states, present
@@ -378,16 +303,19 @@ class SmolLM2Model(nn.Module):
         self.norm = SmolLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = SmolLM2RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
         self.checkpoint_every_n_layers = 0  # whole-layer recompute (selective checkpointing lives in the layers)
-        self.autocast_residual = True  # under autocast, the residual stream in the autocast dtype (else fp32)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values: Sequence[LayerCache] | None = None, use_cache: bool = False,
-                position_ids: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, tuple[LayerCache, ...] | None]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Sequence[LayerCache] | None = None,
+        use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[LayerCache, ...] | None]:
         batch, seq_len = input_ids.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
         hidden_states = self.embed_tokens(input_ids)
-        if self.autocast_residual and torch.is_autocast_enabled(input_ids.device.type):
+        if torch.is_autocast_enabled(input_ids.device.type):
             # The residual stream in the autocast dtype, as with bf16 weights: an fp32 stream would double
             # the bytes of every norm and residual add (measured on an H200: bench/RESULTS.md).
             hidden_states = hidden_states.to(torch.get_autocast_dtype(input_ids.device.type))
@@ -402,16 +330,18 @@ class SmolLM2Model(nn.Module):
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None
             if checkpoint_every and i % checkpoint_every == 0:
-                hidden_states, present = checkpoint(layer, hidden_states, cos, sin, position_ids, mask, past,
-                                                    use_cache, use_reentrant=False)
+                hidden_states, present = checkpoint(
+                    layer, hidden_states, cos, sin, position_ids, mask, past, use_cache, use_reentrant=False
+                )
             else:
                 hidden_states, present = layer(hidden_states, cos, sin, position_ids, mask, past, use_cache)
             presents.append(present)
         return self.norm(hidden_states), (tuple(presents) if use_cache else None)
 
 
-def _attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int, past_len: int,
-                    device: torch.device) -> torch.Tensor | None:
+def _attention_mask(
+    attention_mask: torch.Tensor | None, batch: int, seq_len: int, past_len: int, device: torch.device
+) -> torch.Tensor | None:
     """bool [B, 1, L, past + L] (True = may attend), or None when plain causal attention is right.
 
     `attention_mask` is the usual [B, past + L] padding mask of 1 (token) / 0 (padding).
@@ -466,10 +396,16 @@ class SmolLM2ForCausalLM(nn.Module):
         elif isinstance(module, SmolLM2RMSNorm):
             nn.init.ones_(module.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, past_key_values: Sequence[LayerCache] | None = None,
-                use_cache: bool = False, position_ids: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> SmolLM2Output:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: Sequence[LayerCache] | None = None,
+        use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> SmolLM2Output:
         """`labels` are aligned with `input_ids` (HF convention): token t predicts labels[t + 1]; -100 is ignored.
 
         `targets` are the next tokens already shifted (targets[:, t] follows input_ids[:, t], as the packed
@@ -505,16 +441,18 @@ class SmolLM2ForCausalLM(nn.Module):
         """Unique parameters: the tied LM head shares the embedding and counts once."""
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token (PaLM's convention): 6 N + 12 layers hidden seq (the attention scores)."""
-        c = self.config
-        return 6 * self.num_parameters() + 12 * c.num_hidden_layers * c.hidden_size * seq_len
-
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 eos_token_id: int | Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """Append up to `max_new_tokens` sampled tokens to `input_ids` [B, T]; return [B, T + new].
 
         temperature 0 is greedy. The KV cache holds at most block_size positions: when the next token
@@ -524,11 +462,13 @@ class SmolLM2ForCausalLM(nn.Module):
         new token of a single sequence.
         """
         if on_token is not None and input_ids.shape[0] != 1:
-            raise ValueError("on_token streams a single sequence; input_ids has batch size "
-                             f"{input_ids.shape[0]}")
+            raise ValueError(f"on_token streams a single sequence; input_ids has batch size {input_ids.shape[0]}")
         block_size = self.config.block_size
-        eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
-                               dtype=torch.long, device=input_ids.device)
+        eos_ids = torch.tensor(
+            [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
+            dtype=torch.long,
+            device=input_ids.device,
+        )
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         tokens, cache = input_ids, None
         for _ in range(max_new_tokens):
@@ -548,22 +488,14 @@ class SmolLM2ForCausalLM(nn.Module):
                 break
         return tokens
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, block_size: int | None = None) -> SmolLM2ForCausalLM:
-        """Load a transformers LlamaForCausalLM folder (config.json + safetensors, sharded or not)."""
-        from smollm2.hf import load_hf_folder
 
-        return load_hf_folder(path, block_size=block_size)
-
-    def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
-        """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads."""
-        from smollm2.hf import save_hf_folder
-
-        save_hf_folder(self, path, max_shard_size=max_shard_size)
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One token id per row of `logits` [B, vocab]: greedy at temperature 0, else top-k / top-p sampling."""
     if temperature == 0:
         return logits.argmax(dim=-1)

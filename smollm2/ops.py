@@ -14,6 +14,7 @@
 
 Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,9 @@ import torch
 DEFAULT_CHUNK_TOKENS = 16384
 
 
-def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
-                         ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_loss_and_grad(
+    logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk, and d(summed loss * grad_scale)/d logits in the logits' dtype.
 
     The gradient of -log softmax(x)[t] is softmax(x) - onehot(t); ignored rows get zero.
@@ -55,8 +57,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """mean CE(hidden @ weight.T, targets) whose backward only scales gradients made in forward."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk_tokens: int, ignore_index: int) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+        ignore_index: int,
+    ) -> torch.Tensor:
         # Inside a compiled model, inductor fuses the plain function into that graph itself.
         compile_here = hidden.is_cuda and not torch.compiler.is_compiling()
         chunk_fn = _compiled_chunk_loss_and_grad() if compile_here else _chunk_loss_and_grad
@@ -70,11 +78,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         num_chunks = -(-num_tokens // chunk_tokens)
         step = -(-num_tokens // num_chunks)  # equal chunks (the last may be shorter): at most 2 shapes
         for start in range(0, num_tokens, step):
-            h = hidden[start:start + step]
-            chunk_loss, grad_logits = chunk_fn(h @ weight.t(), targets[start:start + step], grad_scale,
-                                               ignore_index)
+            h = hidden[start : start + step]
+            chunk_loss, grad_logits = chunk_fn(h @ weight.t(), targets[start : start + step], grad_scale, ignore_index)
             loss_sum += chunk_loss
-            grad_hidden[start:start + step] = grad_logits @ weight
+            grad_hidden[start : start + step] = grad_logits @ weight
             grad_weight += (grad_logits.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss_sum * grad_scale
@@ -82,12 +89,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output.to(grad_weight.dtype), \
-            None, None, None
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype),
+            grad_weight * grad_output.to(grad_weight.dtype),
+            None,
+            None,
+            None,
+        )
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ignore_index: int = -100) -> torch.Tensor:
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """`F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=ignore_index)` without the logits.
 
     hidden [tokens, hidden_size], weight [vocab, hidden_size], targets [tokens] (int). Mean over the
@@ -96,8 +114,10 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     the graph (its backward only scales the gradients computed in forward), as a training loss is.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(f"expected hidden [N, H], weight [V, H], targets [N]; got {tuple(hidden.shape)}, "
-                         f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected hidden [N, H], weight [V, H], targets [N]; got {tuple(hidden.shape)}, "
+            f"{tuple(weight.shape)}, {tuple(targets.shape)}"
+        )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     device_type = hidden.device.type
@@ -116,9 +136,15 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 @functools.cache
 def _saved_ops() -> frozenset[Any]:
     aten = torch.ops.aten
-    names = ["mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-             "_scaled_dot_product_flash_attention_for_cpu"]
+    names = [
+        "mm",
+        "addmm",
+        "bmm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    ]
     return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
 
 
@@ -132,5 +158,9 @@ def selective_checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)`, recomputing in backward only what is not a matmul or attention output."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-    return checkpoint(fn, *args, use_reentrant=False,
-                      context_fn=functools.partial(create_selective_checkpoint_contexts, _selective_policy))
+    return checkpoint(
+        fn,
+        *args,
+        use_reentrant=False,
+        context_fn=functools.partial(create_selective_checkpoint_contexts, _selective_policy),
+    )

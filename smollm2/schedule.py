@@ -11,6 +11,7 @@ Step s is the (s+1)-th optimizer update (0-based). All schedules warm up linearl
 The multiplier depends only on the step, and the LambdaLR keeps nothing but its step in a checkpoint:
 resuming with a longer `train.max_steps` follows the new schedule from the step reached.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def lr_multiplier(schedule: ScheduleConfig, max_steps: int) -> Callable[[int], f
     return multiplier
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig,
-                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     # A plain function (not a callable object): LambdaLR then saves no schedule parameters in the
     # checkpoint, so the config in force decides the schedule after a resume.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(schedule, max_steps))

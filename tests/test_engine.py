@@ -1,4 +1,5 @@
 """smollm2.engine: what build_engine makes of the model under each ZeRO stage."""
+
 import json
 import os
 import subprocess
@@ -17,14 +18,14 @@ import torch, deepspeed
 from torch._dynamo.utils import counters
 from smollm2.config import load_config
 from smollm2.engine import build_engine
-from smollm2.model import SmolLM2ForCausalLM
+from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
 deepspeed.init_distributed(dist_backend="gloo")
 config = load_config("configs/tiny.yaml", [f"deepspeed.zero_stage={sys.argv[2]}", "train.compile=true",
     "model.num_hidden_layers=10", "model.vocab_size=256", "model.hidden_size=32", "model.intermediate_size=64",
     "train.micro_batch_size=2", "train.global_batch_size=2", "train.dtype=fp32"], 1)
 torch.manual_seed(0)
-engine, _ = build_engine(config, SmolLM2ForCausalLM(config.model.architecture()), 1, torch.float32)
+engine, _ = build_engine(config, SmolLM2ForCausalLM(SmolLM2Config(**config.model.architecture())), 1, torch.float32)
 for _ in range(3):
     ids = torch.randint(0, 256, (2, 32))
     loss = engine(ids, targets=ids).loss
@@ -44,8 +45,14 @@ def test_compiled_layers_hold_one_graph_without_breaks(stage):
     is a ZeRO-3 leaf module and only its forward is compiled: one graph serves all ten layers. DeepSpeed's
     memory-efficient linear, which recompiled each layer on a CUDA device (its weights' ZeRO ids are guarded),
     stays off: F.linear is torch's own."""
-    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(free_port()), str(stage)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, str(free_port()), str(stage)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["graph_breaks"] == 0 and out["graphs"] == 1, out

@@ -3,6 +3,7 @@
 The real file is read once for this module: our config, weights and tokenizer, transformers' tokenizer
 built from the same file, and a transformers LlamaForCausalLM holding our dequantized weights.
 """
+
 import gguf
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from smollm2.errors import UserError
-from smollm2.gguf import GGUFFile, load_gguf
-from smollm2.hf import model_from_state_dict
+from smollm2.gguf import GGUFFile
+from smollm2.hf import model_from_state_dict, save_hf_folder
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
 
 TEXTS = [
@@ -47,12 +48,12 @@ def hf_tokenizer(gguf_path):
 
 @pytest.fixture(scope="module")
 def hf_model(real, tmp_path_factory):
-    """transformers' Llama holding exactly our dequantized weights (through our save_pretrained): the
+    """transformers' Llama holding exactly our dequantized weights (through our save_hf_folder): the
     reference for the forward pass."""
     from transformers import AutoModelForCausalLM
 
     folder = tmp_path_factory.mktemp("smollm2_real_hf")
-    real[3].save_pretrained(folder)
+    save_hf_folder(real[3], folder)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert isinstance(hf, LlamaForCausalLM) and hf.config.rope_parameters["rope_theta"] == 100000.0
     return hf
@@ -60,8 +61,9 @@ def hf_model(real, tmp_path_factory):
 
 def test_config_from_the_real_file(real):
     _, config, state_dict, model, _ = real
-    assert config == SmolLM2Config(max_position_embeddings=8192, rope_theta=100000.0, block_size=8192,
-                                   bos_token_id=1, eos_token_id=2)
+    assert config == SmolLM2Config(
+        max_position_embeddings=8192, rope_theta=100000.0, block_size=8192, bos_token_id=1, eos_token_id=2
+    )
     assert model.num_parameters() == 134_515_008
     assert "lm_head.weight" not in state_dict and model.lm_head.weight is model.model.embed_tokens.weight
 
@@ -73,8 +75,9 @@ def test_weights_match_transformers_dequantizer(real):
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
     gguf_file, config, state_dict, _, _ = real
-    processor = LlamaTensorProcessor({"num_attention_heads": config.num_attention_heads,
-                                      "num_key_value_heads": config.num_key_value_heads})
+    processor = LlamaTensorProcessor(
+        {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads}
+    )
     names = {t.name: t for t in gguf_file.tensors}
     assert len(names) == len(state_dict) == 2 + 9 * config.num_hidden_layers
     kinds = set()
@@ -131,27 +134,30 @@ def test_greedy_generation_matches_transformers(real, hf_model, hf_tokenizer):
     ours = model.generate(prompt, max_new_tokens=8, temperature=0, eos_token_id=config.eos_token_id)
     ref = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False)
     assert ours.tolist() == ref.tolist()
-    assert hf_tokenizer.decode(ours[0, prompt.shape[1]:]).startswith(" Paris")
+    assert hf_tokenizer.decode(ours[0, prompt.shape[1] :]).startswith(" Paris")
 
 
 def test_bad_files_are_refused_with_the_file_named(tmp_path, gguf_path):
     text = tmp_path / "notes.gguf"
     text.write_text("not a gguf file at all")
     with pytest.raises(UserError, match=r"notes\.gguf: not a readable GGUF file"):
-        load_gguf(text)
+        GGUFFile(text)
     truncated = tmp_path / "truncated.gguf"
     with open(gguf_path, "rb") as f:
         truncated.write_bytes(f.read(100_000))  # ends inside the vocabulary
     with pytest.raises(UserError, match=r"truncated\.gguf: not a readable GGUF file"):
-        load_gguf(truncated)
+        GGUFFile(truncated)
     with pytest.raises(UserError, match=r"missing\.gguf: no such file"):
-        load_gguf(tmp_path / "missing.gguf")
+        GGUFFile(tmp_path / "missing.gguf")
 
 
 def _llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py's q/k permutation, as written there."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _write_gguf(path, model: SmolLM2ForCausalLM, arch: str = "llama") -> None:
@@ -175,14 +181,21 @@ def _write_gguf(path, model: SmolLM2ForCausalLM, arch: str = "llama") -> None:
         writer.add_tensor("output.weight", sd["lm_head.weight"])
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
-        writer.add_tensor(f"blk.{i}.attn_q.weight",
-                          _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], config.num_attention_heads))
-        writer.add_tensor(f"blk.{i}.attn_k.weight",
-                          _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], config.num_key_value_heads))
-        for gguf_part, hf_part in (("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"),
-                                   ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
-                                   ("ffn_down", "mlp.down_proj"), ("attn_norm", "input_layernorm"),
-                                   ("ffn_norm", "post_attention_layernorm")):
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight", _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], config.num_attention_heads)
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight", _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], config.num_key_value_heads)
+        )
+        for gguf_part, hf_part in (
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+            ("attn_norm", "input_layernorm"),
+            ("ffn_norm", "post_attention_layernorm"),
+        ):
             writer.add_tensor(f"blk.{i}.{gguf_part}.weight", sd[p + hf_part + ".weight"])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -194,13 +207,26 @@ def _write_gguf(path, model: SmolLM2ForCausalLM, arch: str = "llama") -> None:
 def test_round_trip_through_a_written_gguf(tmp_path, tied):
     """A file written the llama.cpp way (permuted q/k, GQA) reads back to the exact weights and config."""
     torch.manual_seed(0)
-    config = SmolLM2Config(vocab_size=64, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                           num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128, block_size=128,
-                           rope_theta=100000.0, rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=1,
-                           eos_token_id=2)
+    config = SmolLM2Config(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        block_size=128,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = SmolLM2ForCausalLM(config)
     _write_gguf(tmp_path / "tiny.gguf", model)
-    read_config, state_dict = load_gguf(tmp_path / "tiny.gguf")
+    written = GGUFFile(tmp_path / "tiny.gguf")
+    read_config = written.config()
+    state_dict = written.state_dict(read_config)
     assert read_config == config
     expected = model.state_dict()
     if tied:
@@ -212,4 +238,4 @@ def test_round_trip_through_a_written_gguf(tmp_path, tied):
     other = SmolLM2ForCausalLM(config)
     _write_gguf(tmp_path / "gpt2.gguf", other, arch="gpt2")
     with pytest.raises(UserError, match=r"gpt2\.gguf: general.architecture is 'gpt2', expected 'llama'"):
-        load_gguf(tmp_path / "gpt2.gguf")
+        GGUFFile(tmp_path / "gpt2.gguf").config()

@@ -2,7 +2,7 @@
 
 - 2 CPU processes train configs/tiny.yaml (shrunk to a few steps) under the real deepspeed launcher,
   torchrun and mpirun: each run exits 0, its loss falls, and TensorBoard's own EventAccumulator reads back
-  every scalar of design.md and the generation samples.
+  every scalar of docs/design.md and the generation samples.
 - DeepSpeed's no-ssh multi-node route, two "nodes" on this machine started separately: ranks 0 and 1 of 2
   meet at the rendezvous (a probe stands in for the trainer).
 - The SLURM scripts, with stand-ins for srun/scontrol/deepspeed (no SLURM here): what they run, and the

@@ -1,4 +1,5 @@
 """SmolLM2 model vs transformers' LlamaForCausalLM (the reference), on tiny configs and the full default one."""
+
 import math
 
 import pytest
@@ -6,20 +7,44 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smollm2.errors import UserError
-from smollm2.model import (SmolLM2Attention, SmolLM2Config, SmolLM2ForCausalLM, _precompute_freqs_cis,
-                           apply_rotary_pos_emb, repeat_kv, rotate_half, sample_next_token)
+from smollm2.hf import hf_config_dict
+from smollm2.metrics import flops_per_token, parameter_count
+from smollm2.model import (
+    SmolLM2Config,
+    SmolLM2ForCausalLM,
+    _precompute_freqs_cis,
+    apply_rotary_pos_emb,
+    repeat_kv,
+    rotate_half,
+    sample_next_token,
+)
 
-TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
-            num_key_value_heads=2, max_position_embeddings=64, block_size=32)
+TINY = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    block_size=32,
+)
 
 # (overrides of TINY): GQA, MQA, plain MHA, untied head, other rope_theta / eps, odd sizes.
 TINY_VARIANTS = [
     {},
     {"num_key_value_heads": 1, "rope_theta": 100000.0},
     {"num_key_value_heads": 6, "tie_word_embeddings": False},
-    {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500.0,
-     "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "intermediate_size": 100, "hidden_act": "gelu_pytorch_tanh"},
+    {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_theta": 500.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "intermediate_size": 100,
+        "hidden_act": "gelu_pytorch_tanh",
+    },
 ]
 
 
@@ -33,7 +58,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def hf_reference(config: SmolLM2Config) -> LlamaForCausalLM:
     """transformers' Llama with the same config (its own random init), fp32, eval mode."""
     torch.manual_seed(1)
-    return LlamaForCausalLM(LlamaConfig(**config.to_hf_dict())).eval()
+    return LlamaForCausalLM(LlamaConfig(**hf_config_dict(config))).eval()
 
 
 def ours_from(hf: LlamaForCausalLM, config: SmolLM2Config) -> SmolLM2ForCausalLM:
@@ -52,22 +77,31 @@ def pair(request):
 
 def test_default_config_matches_spec_and_param_count():
     config = SmolLM2Config()
-    assert (config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-            config.num_attention_heads, config.num_key_value_heads, config.max_position_embeddings,
-            config.rope_theta, config.block_size, config.tie_word_embeddings) == (
-        49152, 576, 1536, 30, 9, 3, 2048, 10000.0, 512, True)
+    assert (
+        config.vocab_size,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.max_position_embeddings,
+        config.rope_theta,
+        config.block_size,
+        config.tie_word_embeddings,
+    ) == (49152, 576, 1536, 30, 9, 3, 2048, 10000.0, 512, True)
     assert config.initializer_range == 0.041666666666666664 and config.rms_norm_eps == 1e-5
     assert config.head_dim == 64
     with torch.device("meta"):
         model = SmolLM2ForCausalLM(config)
-        hf = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict()))
+        hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(config)))
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.num_parameters() == sum(p.numel() for p in hf.parameters())
     assert list(model.state_dict()) == list(hf.state_dict())  # same keys, same order
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    # design.md's MFU convention: 6 N + 12 L H T = 0.913 GFLOP per token at seq 512.
-    assert model.flops_per_token(512) == 6 * 134_515_008 + 12 * 30 * 576 * 512
-    assert round(model.flops_per_token(512) / 1e9, 3) == 0.913
+    # docs/design.md's MFU convention: 6 N + 12 L H T = 0.913 GFLOP per token at seq 512.
+    assert parameter_count(config) == 134_515_008
+    assert flops_per_token(config, 512) == 6 * 134_515_008 + 12 * 30 * 576 * 512
+    assert round(flops_per_token(config, 512) / 1e9, 3) == 0.913
 
 
 def test_rope_buffers_are_not_in_the_state_dict():
@@ -77,38 +111,20 @@ def test_rope_buffers_are_not_in_the_state_dict():
     assert not [k for k in model.state_dict() if "rotary" in k]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"num_attention_heads": 7, "hidden_size": 576}, "model.num_attention_heads: 7 does not divide hidden_size 576"),
-    ({"num_key_value_heads": 4}, "model.num_key_value_heads: 4 does not divide num_attention_heads 6"),
-    ({"hidden_act": "swish2"}, "model.hidden_act"),
-    ({"block_size": 128}, "model.block_size: 128 exceeds max_position_embeddings 64"),
-    ({"eos_token_id": 97}, "model.eos_token_id"),
-    ({"rms_norm_eps": 0.0}, "model.rms_norm_eps"),
-])
-def test_validate_names_the_key(overrides, message):
-    with pytest.raises(UserError, match=message):
-        SmolLM2Config(**{**TINY, **overrides}).validate()
-
-
-def test_hf_config_round_trip_and_both_rope_spellings():
-    config = SmolLM2Config(**{**TINY, "rope_theta": 100000.0, "rms_norm_eps": 1e-6, "bos_token_id": 1,
-                              "eos_token_id": 2, "tie_word_embeddings": False})
-    hf = LlamaConfig(**config.to_hf_dict())
-    assert hf.rope_parameters["rope_theta"] == 100000.0 and hf.rms_norm_eps == 1e-6
-    assert (hf.bos_token_id, hf.eos_token_id, hf.max_position_embeddings) == (1, 2, 64)
-    back = SmolLM2Config.from_hf_dict(hf.to_dict(), block_size=config.block_size)
-    assert back == config
-    legacy = {k: v for k, v in config.to_hf_dict().items() if k != "rope_parameters"}  # transformers 4 style
-    assert SmolLM2Config.from_hf_dict(legacy).rope_theta == 100000.0
-    nested = {k: v for k, v in config.to_hf_dict().items() if k != "rope_theta"}  # transformers 5 style
-    assert SmolLM2Config.from_hf_dict(nested).rope_theta == 100000.0
-    assert SmolLM2Config.from_hf_dict({**legacy, "max_position_embeddings": 16384}).block_size == 8192
-    with pytest.raises(UserError, match="model_type is 'gpt2'"):
-        SmolLM2Config.from_hf_dict({**legacy, "model_type": "gpt2"})
-    with pytest.raises(UserError, match="rope type 'yarn'"):
-        SmolLM2Config.from_hf_dict({**nested, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}})
-    with pytest.raises(UserError, match="attention_bias"):
-        SmolLM2Config.from_hf_dict({**legacy, "attention_bias": True})
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"num_attention_heads": 7, "hidden_size": 576}, "num_attention_heads: 7 does not divide hidden_size 576"),
+        ({"num_key_value_heads": 4}, "num_key_value_heads: 4 does not divide num_attention_heads 6"),
+        ({"hidden_act": "swish2"}, "hidden_act"),
+        ({"block_size": 128}, "block_size: 128 exceeds max_position_embeddings 64"),
+        ({"eos_token_id": 97}, "eos_token_id"),
+        ({"rms_norm_eps": 0.0}, "rms_norm_eps"),
+    ],
+)
+def test_validate_names_the_field(overrides, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        SmolLM2ForCausalLM(SmolLM2Config(**{**TINY, **overrides}))
 
 
 def test_activations_are_transformers_ones():
@@ -159,8 +175,9 @@ def test_logits_and_loss_match_transformers(pair):
     assert rel_err(ours.logits, ref.logits) <= 1e-5
     assert ours.loss.item() == pytest.approx(ref.loss.item(), abs=1e-4)
     # The loss is the mean over counted tokens of the shifted cross-entropy.
-    shifted = F.cross_entropy(ours.logits[:, :-1].reshape(-1, ours.logits.shape[-1]), labels[:, 1:].reshape(-1),
-                              ignore_index=-100)
+    shifted = F.cross_entropy(
+        ours.logits[:, :-1].reshape(-1, ours.logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     assert ours.loss.item() == pytest.approx(shifted.item(), abs=1e-6)
     assert model(ids).loss is None
 
@@ -201,45 +218,61 @@ def test_padding_mask_matches_transformers(side):
         assert rel_err(ours[2, :4], alone[0]) <= 1e-5
 
 
-def _set_sdpa(model: SmolLM2ForCausalLM, use_sdpa: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, SmolLM2Attention):
-            module.use_sdpa = use_sdpa
+def reference_attention(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
+    """softmax(QK^T / sqrt(d)) V written out, in float32: what torch's scaled_dot_product_attention computes."""
+    if enable_gqa:
+        k, v = (repeat_kv(t, q.shape[1] // t.shape[1]) for t in (k, v))
+    if is_causal:
+        attn_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
-def test_manual_attention_equals_sdpa():
+def test_attention_equals_the_formula_written_out(monkeypatch):
     model = SmolLM2ForCausalLM(SmolLM2Config(**TINY)).eval()
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
+
+    def logits():  # causal, padded, and a cached continuation of a padded prefix
+        prefix = model(ids[:, :7], attention_mask=mask[:, :7], use_cache=True)
+        return (
+            model(ids).logits,
+            model(ids, attention_mask=mask).logits,
+            model(ids[:, 7:], attention_mask=mask, past_key_values=prefix.past_key_values).logits,
+        )
+
     with torch.no_grad():
-        runs = []
-        for use_sdpa in (True, False):
-            _set_sdpa(model, use_sdpa)
-            prefix = model(ids[:, :7], attention_mask=mask[:, :7], use_cache=True)
-            runs.append((model(ids).logits, model(ids, attention_mask=mask).logits,
-                         model(ids[:, 7:], attention_mask=mask, past_key_values=prefix.past_key_values).logits))
-    for sdpa, manual in zip(*runs):
-        assert rel_err(manual, sdpa) <= 1e-5
+        sdpa = logits()
+        monkeypatch.setattr(F, "scaled_dot_product_attention", reference_attention)
+        written_out = logits()
+    for ours, reference in zip(sdpa, written_out):
+        assert rel_err(ours, reference) <= 1e-5
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])
-def test_gqa_sdpa_matches_repeated_kv_heads(kv_heads):
+def test_gqa_sdpa_matches_repeated_kv_heads(kv_heads, monkeypatch):
     """SDPA's enable_gqa on the un-repeated KV heads: the same logits and gradients as repeat_kv's copies."""
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(SmolLM2Config(**{**TINY, "num_key_value_heads": kv_heads}))
     ids = torch.randint(0, 97, (2, 16))
+    sdpa = F.scaled_dot_product_attention
 
-    def run(gqa: bool):
-        for layer in model.model.layers:
-            layer.self_attn.sdpa_gqa = gqa
+    def sdpa_on_repeated_heads(q, k, v, enable_gqa=False, **kwargs):
+        groups = q.shape[1] // k.shape[1]
+        return sdpa(q, repeat_kv(k, groups), repeat_kv(v, groups), **kwargs)
+
+    def run():
         model.zero_grad(set_to_none=True)
         out = model(ids, labels=ids)
         out.loss.backward()
         return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    fast_logits, fast_grads = run(True)
-    plain_logits, plain_grads = run(False)
+    fast_logits, fast_grads = run()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa_on_repeated_heads)
+    plain_logits, plain_grads = run()
     assert rel_err(fast_logits, plain_logits) <= 1e-6
     for name, grad in plain_grads.items():
         assert rel_err(fast_grads[name], grad) <= 1e-5, name
@@ -255,7 +288,7 @@ def test_kv_cache_equals_full_forward():
         out = model(ids[:, 6:10], past_key_values=out.past_key_values, use_cache=True)  # a chunk with a cache
         pieces.append(out.logits)
         for t in range(10, 15):  # one token at a time
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
             pieces.append(out.logits)
     assert out.past_key_values[0][0].shape == (2, 2, 15, 8)
     assert rel_err(torch.cat(pieces, dim=1), full) <= 1e-5
@@ -315,7 +348,7 @@ def test_greedy_generate_cached_equals_uncached_and_crops_to_block_size():
     tokens = prompt
     with torch.no_grad():
         for _ in range(12):
-            logits = model(tokens[:, -config.block_size:]).logits[:, -1]
+            logits = model(tokens[:, -config.block_size :]).logits[:, -1]
             tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
     assert out.shape == (2, 17)
     assert torch.equal(out, tokens)
@@ -329,7 +362,7 @@ def test_generate_stops_at_eos_and_streams():
     eos = free[3]
     streamed = []
     out = model.generate(prompt, max_new_tokens=10, temperature=0, eos_token_id=eos, on_token=streamed.append)
-    assert out[0, 4:].tolist() == free[:free.index(eos) + 1]  # stops right after the first eos, which it keeps
+    assert out[0, 4:].tolist() == free[: free.index(eos) + 1]  # stops right after the first eos, which it keeps
     assert streamed == out[0, 4:].tolist()
 
 

@@ -1,11 +1,12 @@
 """Graceful stop on SIGUSR1 / SIGTERM: the ranks agree on a step, checkpoint it, exit 0, and a rerun resumes.
 
-End to end, `smollm2 train` on 2 processes under torchrun (the tiny model of test_train): SIGUSR1 to
+End to end, `smollm2 train` on 2 processes under torchrun (conftest's tiny model): SIGUSR1 to
 one rank only (the other learns of it through the per-step all_reduce), then a rerun that resumes;
 SIGTERM to every process of both ranks, DataLoader workers included, as SLURM signals a job step.
 Unit level: the handler (notes, never re-enters, restores), the DataLoader workers, which must
 outlive the stop signals, and fit stopping those workers itself when training fails.
 """
+
 import contextlib
 import os
 import re
@@ -20,10 +21,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import torch
-from conftest import ROOT, free_port
-from test_train import MINI, TINY_YAML, read_rows, run_train, tiny_data  # noqa: F401 (a fixture)
 
-from smollm2.trainer import StopSignals, Trainer, ignore_stop_signals
+from conftest import MINI, ROOT, TINY_YAML, free_port, read_rows, run_train
+from smollm2.signals import StopSignals, ignore_stop_signals
+from smollm2.trainer import Trainer
 
 MAX_STEPS = 1_000_000  # never reached: only the signal ends the first job
 
@@ -35,11 +36,26 @@ def start_train(log_dir, *settings: str, script: bool = False) -> subprocess.Pop
     args = ["--config", str(TINY_YAML), "--set", *MINI, *settings]
     if script:
         cmd = ["bash", str(ROOT / "launch" / "torchrun.sh"), *args[1:]]
-        env = {**os.environ, "NPROC": "2", "MASTER_PORT": port,
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        env = {
+            **os.environ,
+            "NPROC": "2",
+            "MASTER_PORT": port,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               "-m", "smollm2", "train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "smollm2",
+            "train",
+            *args,
+        ]
         env = os.environ.copy()
     env["OMP_NUM_THREADS"] = "1"
     with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
@@ -87,15 +103,25 @@ def rank_process(job: subprocess.Popen, rank: int) -> psutil.Process:
 @pytest.mark.slow
 def test_one_rank_signalled_stops_every_rank_on_a_checkpoint_and_a_rerun_resumes(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    settings = [f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
-                "checkpoint.save_every=0", "eval.eval_every=0"]
+    settings = [
+        f"data.path={tiny_data}",
+        f"train.out_dir={run_dir}",
+        f"train.max_steps={MAX_STEPS}",
+        "checkpoint.save_every=0",
+        "eval.eval_every=0",
+    ]
     job = start_train(tmp_path, *settings)
     # Rank 1 only: rank 0 learns of it from the all_reduce.
-    status, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 3,
-                                               lambda: rank_process(job, 1).send_signal(signal.SIGUSR1))
+    status, stdout, stderr = stop_with_signals(
+        tmp_path, job, run_dir, 3, lambda: rank_process(job, 1).send_signal(signal.SIGUSR1)
+    )
     assert status == 0, stdout[-3000:] + stderr[-6000:]
-    stopped = re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved: run the same `smollm2 train` command "
-                        r"to resume from it \(--resume auto, the default\)$", stdout, re.MULTILINE)
+    stopped = re.search(
+        r"^stopped at step (\d+) on SIGUSR1, checkpoint saved: run the same `smollm2 train` command "
+        r"to resume from it \(--resume auto, the default\)$",
+        stdout,
+        re.MULTILINE,
+    )
     assert stopped, stdout[-3000:]
     step = int(stopped.group(1))
     assert 3 <= step < MAX_STEPS
@@ -105,7 +131,8 @@ def test_one_rank_signalled_stops_every_rank_on_a_checkpoint_and_a_rerun_resumes
     assert (checkpoints / "latest").read_text() == tag
     # Each rank names the folder after its own step count: both shards there, both ranks stopped at `step`.
     assert {p.name for p in (checkpoints / tag).glob("zero_pp_rank_*_optim_states.pt")} == {
-        f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)}
+        f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)
+    }
     assert [row["step"] for row in read_rows(run_dir, "loss")] == list(range(1, step + 1))
 
     resumed = run_train(2, *settings, f"train.stop_at={step + 2}")
@@ -120,8 +147,14 @@ def test_one_rank_signalled_stops_every_rank_on_a_checkpoint_and_a_rerun_resumes
 def test_sigterm_to_every_process_of_the_ranks_stops_on_a_checkpoint(tiny_data, tmp_path):
     """As srun delivers scancel's or a preemption's SIGTERM: to each rank and its DataLoader workers."""
     run_dir = tmp_path / "run"
-    job = start_train(tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}",
-                      f"train.max_steps={MAX_STEPS}", "checkpoint.save_every=0", "eval.eval_every=0")
+    job = start_train(
+        tmp_path,
+        f"data.path={tiny_data}",
+        f"train.out_dir={run_dir}",
+        f"train.max_steps={MAX_STEPS}",
+        "checkpoint.save_every=0",
+        "eval.eval_every=0",
+    )
 
     def sigterm_every_process():
         ranks = [rank_process(job, rank) for rank in (0, 1)]
@@ -142,8 +175,15 @@ def test_usr1_to_torchrun_of_the_launch_script_reaches_the_ranks(tiny_data, tmp_
     """As SLURM's --signal=USR1@300 reaches a job step that runs launch/torchrun.sh: torchrun only. Without
     --signals-to-handle, USR1 killed torchrun and the ranks saved nothing."""
     run_dir = tmp_path / "run"
-    job = start_train(tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
-                      "checkpoint.save_every=0", "eval.eval_every=0", script=True)
+    job = start_train(
+        tmp_path,
+        f"data.path={tiny_data}",
+        f"train.out_dir={run_dir}",
+        f"train.max_steps={MAX_STEPS}",
+        "checkpoint.save_every=0",
+        "eval.eval_every=0",
+        script=True,
+    )
     _, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 2, lambda: job.send_signal(signal.SIGUSR1))
     # torchrun itself then exits 1 (it re-raises the signal as an error once the ranks have ended).
     stopped = re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved", stdout, re.MULTILINE)
@@ -194,6 +234,7 @@ class Counting(torch.utils.data.Dataset):
 
 def test_fit_stops_its_dataloader_workers_when_training_fails():
     """They ignore SIGTERM, with which Python's exit ends them: unless fit does, a failed job hangs at exit."""
+
     class FailingTrainer:  # what Trainer.fit uses of its trainer
         config = SimpleNamespace(train=SimpleNamespace(stop_at=None, max_steps=10))
 
@@ -201,8 +242,9 @@ def test_fit_stops_its_dataloader_workers_when_training_fails():
             pass
 
         def batches(self, worker_init_fn):
-            self.iterator = iter(torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1,
-                                                             worker_init_fn=worker_init_fn))
+            self.iterator = iter(
+                torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1, worker_init_fn=worker_init_fn)
+            )
             return self.iterator
 
         def _train_until(self, stop, batches, signals):
@@ -221,8 +263,9 @@ def test_fit_stops_its_dataloader_workers_when_training_fails():
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_dataloader_workers_outlive_the_stop_signals(sig):
     """SLURM signals every process of the step; torch's SIGTERM handler would end the worker, failing the step."""
-    batches = iter(torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1,
-                                               worker_init_fn=ignore_stop_signals))
+    batches = iter(
+        torch.utils.data.DataLoader(Counting(), batch_size=4, num_workers=1, worker_init_fn=ignore_stop_signals)
+    )
     try:
         next(batches)
         # From another process, as SLURM sends it: torch's worker exits quietly on its parent's SIGTERM.

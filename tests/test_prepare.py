@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import smollm2_cmd
-from test_tokenizer import smollm2_tokenizer_dir  # noqa: F401 (a session fixture shared with that module)
 
 from smollm2.cli import main
 from smollm2.data import PackedTokenDataset, open_tokens, read_token_file_header
@@ -43,7 +42,7 @@ def write_inputs(folder: Path) -> list[str]:
     return txt + jsonl + [p for p in parquet if p] + gz  # sorted file order; empty texts are skipped
 
 
-def test_round_trip_across_document_boundaries(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+def test_round_trip_across_document_boundaries(tmp_path, smollm2_tokenizer_dir):
     import datasets
 
     docs = write_inputs(tmp_path / "in")
@@ -72,7 +71,7 @@ def test_round_trip_across_document_boundaries(tmp_path, smollm2_tokenizer_dir):
     assert train_text.startswith(tok.decode(tokens, skip_special_tokens=False))
 
 
-def test_local_inputs_never_touch_the_network(tmp_path, monkeypatch, smollm2_tokenizer_dir):  # noqa: F811
+def test_local_inputs_never_touch_the_network(tmp_path, monkeypatch, smollm2_tokenizer_dir):
     import socket
 
     lookups = []
@@ -94,7 +93,7 @@ def test_local_inputs_never_touch_the_network(tmp_path, monkeypatch, smollm2_tok
     assert lookups == []
 
 
-def test_val_split_is_a_seeded_choice_of_whole_documents(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+def test_val_split_is_a_seeded_choice_of_whole_documents(tmp_path, smollm2_tokenizer_dir):
     docs = [f"Document number {i}." for i in range(40)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     tok = load_tokenizer(smollm2_tokenizer_dir)
@@ -127,7 +126,7 @@ def kjv_jsonl(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_real_corpora_give_byte_identical_outputs(tmp_path, shakespeare_dir, kjv_jsonl,
-                                                   smollm2_tokenizer_dir):  # noqa: F811
+                                                   smollm2_tokenizer_dir):
     chapters = [json.loads(line)["text"] for line in kjv_jsonl.read_text().splitlines()]
     plays = [p.read_text() for p in sorted(shakespeare_dir.glob("*_gut.txt"))]
     num_docs, num_val = len(chapters) + len(plays), round(0.005 * (len(chapters) + len(plays)))
@@ -171,7 +170,7 @@ def test_real_corpora_give_byte_identical_outputs(tmp_path, shakespeare_dir, kjv
     (["{tmp}/a.txt"], ["--tokenizer", "{tmp}/body.jsonl"], "{tmp}/body.jsonl: not a valid tokenizer.json"),
 ])
 def test_bad_inputs_fail_with_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, inputs, extra, message,
-                                                      smollm2_tokenizer_dir):  # noqa: F811
+                                                      smollm2_tokenizer_dir):
     import datasets
 
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)  # prepare sets it for the process

@@ -1,4 +1,5 @@
 """LR schedules: warmup, WSD's flat top and linear decay, cosine, and their LambdaLR under resume."""
+
 import math
 
 import pytest

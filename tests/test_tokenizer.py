@@ -1,4 +1,5 @@
 """`smollm2 tokenizer train|extract` and the tokenizer helpers (smollm2/tokenizer.py)."""
+
 import json
 
 import pytest
@@ -6,22 +7,39 @@ from tokenizers import Tokenizer
 
 from smollm2.cli import main
 from smollm2.errors import UserError
-from smollm2.tokenizer import (SMOLLM2_SPECIAL_TOKENS, build_bpe_tokenizer, eos_token_id, load_tokenizer,
-                               tokenizer_fingerprint)
+from smollm2.tokenizer import (
+    SMOLLM2_SPECIAL_TOKENS,
+    build_bpe_tokenizer,
+    eos_token_id,
+    load_tokenizer,
+    tokenizer_fingerprint,
+)
 
-# Encoded with transformers' own GGUF conversion of the same file (../shared/notes/cpu-feasibility.md, item 5).
+# Encoded by transformers' own GGUF conversion of the same file (AutoTokenizer with gguf_file=, run once by hand).
 REFERENCE_TEXT = "Hello world! The quick brown fox jumps over the lazy dog. 12345 <|im_start|>"
-REFERENCE_IDS = [19556, 905, 17, 378, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30, 216, 33, 34, 35, 36, 37,
-                 216, 1]
-
-
-@pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(gguf_path, tmp_path_factory):
-    """The real SmolLM2 tokenizer, extracted from the GGUF by `smollm2 tokenizer extract` once per test session."""
-    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if not (out / "tokenizer.json").is_file():  # other test modules import this fixture: build it only once
-        assert main(["tokenizer", "extract", "--gguf", str(gguf_path), "--out", str(out)]) == 0
-    return out
+REFERENCE_IDS = [
+    19556,
+    905,
+    17,
+    378,
+    2365,
+    6354,
+    16438,
+    27003,
+    690,
+    260,
+    23790,
+    2767,
+    30,
+    216,
+    33,
+    34,
+    35,
+    36,
+    37,
+    216,
+    1,
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +116,21 @@ def test_tokenizer_train_cli_writes_a_transformers_tokenizer(tmp_path, shakespea
     lines = [f"Line {i}: the {i % 7} wise men." for i in range(50)]
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": line}) for line in lines))
     out, hamlet = tmp_path / "tok", shakespeare_dir / "hamlet_gut.txt"
-    argv = ["tokenizer", "train", "--input", str(hamlet), str(tmp_path / "docs.jsonl"), "--out", str(out),
-            "--vocab-size", "2000"]
+    argv = [
+        "tokenizer",
+        "train",
+        "--input",
+        str(hamlet),
+        str(tmp_path / "docs.jsonl"),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "2000",
+    ]
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith(
-        f"tokenizer train: vocab 2000, {(hamlet.stat().st_size + len(''.join(lines))) / 1e6:.2f} MB of text in ")
+        f"tokenizer train: vocab 2000, {(hamlet.stat().st_size + len(''.join(lines))) / 1e6:.2f} MB of text in "
+    )
     tok = load_tokenizer(out)
     text = "Line 42: to be or not to be<|endoftext|>"
     for hf in (AutoTokenizer.from_pretrained(out), PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))):
@@ -111,14 +139,23 @@ def test_tokenizer_train_cli_writes_a_transformers_tokenizer(tmp_path, shakespea
     assert (hf.eos_token_id, hf.bos_token_id, len(hf)) == (0, 0, 2000)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["tokenizer", "train", "--input", "{tmp}/a.txt", "--out", "{tmp}/t", "--vocab-size", "100"],
-     "smollm2 tokenizer: error: --vocab-size 100: a byte-level BPE needs at least 273"),
-    (["tokenizer", "train", "--input", "{tmp}/missing.txt", "--out", "{tmp}/t"],
-     "smollm2 tokenizer: error: {tmp}/missing.txt: no such file or folder"),
-    (["tokenizer", "extract", "--gguf", "{tmp}/a.txt", "--out", "{tmp}/t"],
-     "smollm2 tokenizer: error: {tmp}/a.txt: "),  # the rest of the message is smollm2.gguf's
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["tokenizer", "train", "--input", "{tmp}/a.txt", "--out", "{tmp}/t", "--vocab-size", "100"],
+            "smollm2 tokenizer: error: --vocab-size 100: a byte-level BPE needs at least 273",
+        ),
+        (
+            ["tokenizer", "train", "--input", "{tmp}/missing.txt", "--out", "{tmp}/t"],
+            "smollm2 tokenizer: error: {tmp}/missing.txt: no such file or folder",
+        ),
+        (
+            ["tokenizer", "extract", "--gguf", "{tmp}/a.txt", "--out", "{tmp}/t"],
+            "smollm2 tokenizer: error: {tmp}/a.txt: ",
+        ),  # the rest of the message is smollm2.gguf's
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, argv, message):
     (tmp_path / "a.txt").write_text("some text")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2

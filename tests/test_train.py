@@ -1,74 +1,29 @@
 """`smollm2 train` end to end: 2 processes under torchrun, the run directory it leaves, the refusals.
 
-The model is tiny (vocab 512, hidden 32, 2 layers) on Hamlet tokenized by a 512-token BPE, so a
-2-process DeepSpeed run costs seconds; the other trainer test files import `tiny_data`, `MINI` and
-`run_train` from here.
+The model is tiny (conftest.MINI: vocab 512, hidden 32, 2 layers) on Hamlet tokenized by a 512-token BPE
+(the `tiny_data` fixture), so a 2-process DeepSpeed run costs seconds.
 """
+
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, free_port, smollm2_cmd
 
-TINY_YAML = ROOT / "configs" / "tiny.yaml"
-# configs/tiny.yaml shrunk to a model that trains in milliseconds per step: 2 ranks x micro-batch 2 x
-# accumulation 2 = 8 samples of 32 tokens per step.
-MINI = ["model.vocab_size=512", "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-        "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.block_size=32",
-        "model.max_position_embeddings=64", "train.micro_batch_size=2", "train.global_batch_size=8",
-        "train.dtype=fp32", "schedule.warmup_steps=2", "logging.log_every=1", "eval.num_blocks=16",
-        "eval.max_new_tokens=8", "data.num_workers=1"]
-# ZeRO-3 keeps parameters under 100K elements whole by default; at 0 the tiny model is sharded like the 135M.
-SHARD_ALL = "deepspeed.overrides.zero_optimization.stage3_param_persistence_threshold=0"
-SCALARS = ["train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/mfu", "perf/peak_mem_gib",
-           "perf/data_wait_ms", "perf/step_time_s", "eval/loss", "eval/ppl"]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, shakespeare_dir) -> Path:
-    """Hamlet, tokenized with a 512-token BPE trained on it: DIR/{train,val}.bin + tokenizer.json (once a session)."""
-    base = tmp_path_factory.getbasetemp() / "smollm2-tiny-data"
-    if not (base / "data" / "val.bin").exists():
-        text = shakespeare_dir / "hamlet_gut.txt"
-        for args in (["tokenizer", "train", "--input", text, "--out", base / "tok", "--vocab-size", "512"],
-                     ["prepare", "--input", text, "--tokenizer", base / "tok", "--out", base / "data",
-                      "--val-fraction", "0.05", "--txt-mode", "paragraph"]):
-            subprocess.run(smollm2_cmd(*args), check=True, capture_output=True, timeout=300)
-    return base / "data"
-
-
-def run_train(nproc: int, *settings: str, resume: str | None = None, check: bool = True,
-              config: Path = TINY_YAML) -> subprocess.CompletedProcess:
-    """`smollm2 train` on `nproc` processes (torchrun, its own port) or as plain `python` when nproc is 0."""
-    args = ["train", "--config", config, "--set", *MINI, *settings]
-    if resume is not None:
-        args += ["--resume", resume]
-    if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), "-m", "smollm2", *map(str, args)]
-    else:
-        cmd = smollm2_cmd(*args)
-    # One thread per process: the CI machine has 2 cores (torchrun sets the same for its ranks).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return result
-
-
-def read_rows(run_dir: Path, key: str) -> list[dict]:
-    return [row for line in (run_dir / "metrics.jsonl").read_text().splitlines() if key in (row := json.loads(line))]
+from conftest import MINI, SCALARS, TINY_YAML, read_rows, run_train
 
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    result = run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", "train.max_steps=16",
-                       "eval.eval_every=8", "checkpoint.save_every=4", "checkpoint.keep_last=2")
+    result = run_train(
+        2,
+        f"data.path={tiny_data}",
+        f"train.out_dir={run_dir}",
+        "train.max_steps=16",
+        "eval.eval_every=8",
+        "checkpoint.save_every=4",
+        "checkpoint.keep_last=2",
+    )
     return run_dir, result
 
 
@@ -79,8 +34,9 @@ def test_loss_falls_and_metrics_are_complete(two_process_run):
     assert [r["step"] for r in rows] == list(range(1, 17))
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     for row in rows:
-        assert all(row[k] is not None for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib",
-                                                "data_wait_ms"))
+        assert all(
+            row[k] is not None for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib", "data_wait_ms")
+        )
         assert row["consumed_samples"] == 8 * row["step"]
     evals = read_rows(run_dir, "eval_loss")
     assert [r["step"] for r in evals] == [8, 16] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
@@ -102,9 +58,9 @@ def test_tensorboard_holds_every_scalar_and_the_samples(two_process_run):
     assert losses == pytest.approx({r["step"]: r["loss"] for r in read_rows(run_dir, "loss")}, rel=1e-6)
     assert [e.step for e in events.Scalars("eval/loss")] == [8, 16]
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [(s["step"], s["prompt"]) for s in samples] == [(step, p) for step in (8, 16)
-                                                          for p in ["Once upon a time", "To be, or not to be",
-                                                                    "The meaning of life is"]]
+    assert [(s["step"], s["prompt"]) for s in samples] == [
+        (step, p) for step in (8, 16) for p in ["Once upon a time", "To be, or not to be", "The meaning of life is"]
+    ]
     assert "hidden_size: 32" in make_ndarray(events.Tensors("config/text_summary")[0].tensor_proto)[0].decode()
     for i in range(3):
         texts = events.Tensors(f"samples/{i}/text_summary")
@@ -132,23 +88,24 @@ def load_mini_config(*settings: str):
 
 @pytest.mark.slow
 def test_resume_refuses_another_model(two_process_run, tiny_data):
+    from smollm2.checkpoint import check_resumable, find_checkpoint
     from smollm2.errors import UserError
-    from smollm2.run_dir import find_checkpoint
-    from smollm2.trainer import check_resumable
 
     run_dir, _ = two_process_run
     checkpoint = find_checkpoint(run_dir)
     config = load_mini_config(f"data.path={tiny_data}", f"train.out_dir={run_dir}", "model.hidden_size=64")
     with pytest.raises(UserError) as info:
-        check_resumable(checkpoint, config, world_size=2)
-    assert str(info.value) == (f"model.hidden_size: the config says 64 but checkpoint {checkpoint.path} was trained "
-                               "with 32; a resumed run must keep the model")
+        check_resumable(checkpoint, config.model.architecture(), config.deepspeed.zero_stage, world_size=2)
+    assert str(info.value) == (
+        f"model.hidden_size: the config says 64 but checkpoint {checkpoint.path} has 32; a "
+        "resumed run must keep the model"
+    )
 
 
 @pytest.mark.slow
 def test_resume_never_refuses_a_run_with_checkpoints(two_process_run):
+    from smollm2.checkpoint import resolve_resume
     from smollm2.errors import UserError
-    from smollm2.trainer import resolve_resume
 
     run_dir, _ = two_process_run
     with pytest.raises(UserError, match="--resume never: .* already has checkpoints"):

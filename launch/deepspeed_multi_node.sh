@@ -24,8 +24,11 @@
 #   MASTER_PORT  rendezvous port (default 29500)
 #   DS_LAUNCHER  DeepSpeed's multi-node backend for the route with one command (default pdsh)
 # Over pdsh only PYTHON*, NCCL*, UCX* and the variables in a `.deepspeed_env` file (KEY=value lines,
-# in $HOME or the current directory) reach the other nodes. Arguments after CONFIG go to
-# `smollm2 train` as they are; relative paths are relative to the current directory, on every node.
+# in $HOME or the current directory) reach the other nodes: each starts from its ssh login's environment.
+# Put PATH there with your environment's bin/ first (DeepSpeed builds its just-in-time ops with the ninja
+# it finds, and another ninja than the one they were built with rebuilds them), and whatever else the
+# ranks need (OMP_NUM_THREADS, say). Arguments after CONFIG go to `smollm2 train` as they are; relative
+# paths are relative to the current directory, on every node.
 set -euo pipefail
 if [ $# -lt 2 ] || [ "${1#-}" != "$1" ] || [ "${2#-}" != "$2" ]; then
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2

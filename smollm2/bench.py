@@ -18,11 +18,15 @@ table); `--baseline` also times transformers' LlamaForCausalLM of the same shape
 fused AdamW, torch.compile) on random tokens, one optimizer step per micro-batch, as many micro-batches
 as the trainer's, so the ratio comes from one process on one GPU. `--profile DIR` writes torch.profiler's
 kernel table of one more step per config and adds that step's NCCL kernel time to the row
-(communication_kernel_ms: overlapped with compute or not).
+(communication_kernel_ms: overlapped with compute or not). With `model.document_masking=true` the row also
+says how many documents a training block holds on average (documents_per_block): the fewer and longer,
+the closer masked attention's work is to plain causal attention's (MFU counts the full causal work either way).
 The run directory is a temporary one: a bench never touches `train.out_dir`.
 
     smollm2 bench --config configs/smollm2-135m.yaml --baseline --out bench.json
     smollm2 bench --config configs/smollm2-135m.yaml --vary train.activation_checkpointing=0,1,2
+    smollm2 bench --config configs/smollm2-135m.yaml --set model.block_size=2048 train.micro_batch_size=64 \
+        --vary model.document_masking=false,true
 """
 
 from __future__ import annotations
@@ -179,6 +183,14 @@ def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: A
     return sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1e3
 
 
+def documents_per_block(dataset: Any, eos_token_id: int, blocks: int = 256) -> float:
+    """Mean number of documents (or parts of one) in the first `blocks` samples of `dataset`."""
+    from smollm2.model import document_ids
+
+    count = min(blocks, len(dataset))
+    return sum(int(document_ids(dataset[i][0][None], eos_token_id).max()) + 1 for i in range(count)) / count
+
+
 def run_trainer(
     config: Any, env: Any, warmup: int, steps: int, peak_tflops: float, profile_to: Path | None = None
 ) -> dict[str, Any]:
@@ -227,6 +239,12 @@ def run_trainer(
             ds_optimizer=type(trainer.engine.optimizer).__name__,
             trainer_peak_tflops=trainer.peak_tflops,
             communication_kernel_ms=communication_ms,
+            document_masking=config.model.document_masking,
+            documents_per_block=(
+                documents_per_block(trainer.data.mixture.train, config.model.eos_token_id)
+                if config.model.document_masking
+                else None
+            ),
         )
         return row
     finally:
@@ -516,6 +534,11 @@ def report(result: dict[str, Any], peak: float) -> str:
         "(overlapped with compute or not)"
         for row in result["results"]
         if row.get("communication_kernel_ms") is not None
+    ]
+    lines += [
+        f"{row['name']}: document masking, {row['documents_per_block']:.2f} documents per block on average"
+        for row in result["results"]
+        if row.get("documents_per_block") is not None
     ]
     lines += [
         f"{name}: " + ", ".join(f"{ratio:.3f}x {baseline}" for baseline, ratio in ratios.items())

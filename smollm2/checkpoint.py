@@ -7,6 +7,9 @@
       checkpoints/
         latest               the tag of the newest complete checkpoint (written atomically, after the save)
         step_00001000/       one DeepSpeed checkpoint (engine.save_checkpoint(checkpoints/, tag))
+          manifest.json      every file's size and CRC-32, written last: the save finished
+          universal/         (made on a resume with another world size or ZeRO stage) the same state in
+                             DeepSpeed's universal format, which any partitioning can load
 
 Our own state rides in DeepSpeed's client state under the key "smollm2" (Trainer.state_dict): step,
 consumed samples (the data position), every rank's RNG states, the model config, the config hash, the
@@ -22,10 +25,17 @@ directory (or one of its checkpoints), a Hugging Face folder or a GGUF file.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from smollm2 import faults
 from smollm2.atomic import write_text_atomic
-from smollm2.errors import UserError
+from smollm2.errors import UserError, write_failed
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+MANIFEST = "manifest.json"
+UNIVERSAL = "universal"  # a checkpoint's state in DeepSpeed's universal format (write_universal)
+RESHARD_RECORD = "reshard.json"  # written last into universal/: the conversion finished
 TAG_PATTERN = re.compile(r"step_(\d+)")
 CLIENT_STATE_KEY = "smollm2"
 # Fields that change the function a model computes: a resumed run and model.init_from weights must agree
@@ -75,51 +89,150 @@ class Checkpoint:
         return self.root.parent
 
 
-# -- finding checkpoints ---------------------------------------------------------------------------
+# -- finding checkpoints, and telling a complete one from a broken one -----------------------------
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:
-    """The checkpoint `latest` points to in RUN_DIR/checkpoints, or None when there is none yet."""
+def checkpoint_step(checkpoint: Checkpoint) -> int:
+    match = TAG_PATTERN.fullmatch(checkpoint.tag)
+    return int(match.group(1)) if match else -1
+
+
+def write_manifest(checkpoint: Checkpoint, step: int) -> None:
+    """Record every file of a finished save (size and CRC-32) in manifest.json, written last: its presence
+    says the checkpoint is complete, its contents let a reader check that nothing rotted or was cut short."""
+    files = sorted(p for p in checkpoint.path.rglob("*") if p.is_file() and p.name != MANIFEST)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # zlib releases the GIL: files are checksummed in parallel
+        checksums = list(pool.map(_crc32, files))
+    entries = {
+        str(p.relative_to(checkpoint.path)): {"size": p.stat().st_size, "crc32": crc}
+        for p, crc in zip(files, checksums)
+    }
+    write_text_atomic(checkpoint.path / MANIFEST, json.dumps({"step": step, "files": entries}, indent=1) + "\n")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def checkpoint_problem(checkpoint: Checkpoint, latest_step: int | None) -> str | None:
+    """Why this checkpoint cannot be resumed from (None: it can).
+
+    `latest` has the last word on which steps belong to the run: it moves only after a save finished, so a
+    newer folder is a save cut short, or the future of a run that was resumed from an older checkpoint.
+    A checkpoint with a manifest must match it file for file (sizes and checksums); one without (written
+    before smollm2 wrote manifests) counts as complete when `latest` names it or a later step.
+    """
+    manifest_path = checkpoint.path / MANIFEST
+    if latest_step is not None and checkpoint_step(checkpoint) > latest_step:
+        why = "`latest` never moved to it" if manifest_path.is_file() else "its save did not finish"
+        return f"newer than {LATEST} (step {latest_step}): {why}"
+    if not manifest_path.is_file():
+        if latest_step is None:
+            return "incomplete (no manifest: its save did not finish)"
+        return _unreadable(checkpoint)
+    try:
+        entries = json.loads(manifest_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST} ({exc})"
+    for name, entry in entries.items():
+        path = checkpoint.path / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, its manifest says {entry['size']}"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        checksums = dict(zip(entries, pool.map(_crc32, (checkpoint.path / name for name in entries))))
+    for name, entry in entries.items():
+        if checksums[name] != entry["crc32"]:
+            return f"{name} does not match its checksum (corrupted on disk)"
+    return _unreadable(checkpoint)
+
+
+def _unreadable(checkpoint: Checkpoint) -> str | None:
+    """Why our client state cannot be read from the checkpoint (None: it can)."""
+    try:
+        read_client_state(checkpoint)
+    except UserError as exc:
+        return str(exc).removeprefix(f"{checkpoint.path}: ")
+    return None
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Checkpoint, str | None]]:
+    """Every step_* checkpoint of a run, newest first, each with checkpoint_problem's verdict."""
     root = Path(run_dir) / CHECKPOINTS
-    return _from_latest(root) if (root / LATEST).is_file() else None
+    if not root.is_dir():
+        return []
+    latest_step = None
+    if (root / LATEST).is_file():
+        latest = TAG_PATTERN.fullmatch((root / LATEST).read_text().strip())
+        latest_step = int(latest.group(1)) if latest else None
+    checkpoints = sorted(
+        (Checkpoint(root, p.name) for p in root.iterdir() if p.is_dir() and TAG_PATTERN.fullmatch(p.name)),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    return [(checkpoint, checkpoint_problem(checkpoint, latest_step)) for checkpoint in checkpoints]
 
 
-def _from_latest(root: Path) -> Checkpoint:
-    tag = (root / LATEST).read_text().strip()
-    if not (root / tag).is_dir():
-        raise UserError(f"{root / LATEST}: points to {tag!r}, which is not a folder in {root}")
-    return Checkpoint(root, tag)
+def latest_good_checkpoint(
+    run_dir: str | os.PathLike,
+    report: Callable[[str], None] = lambda line: None,
+) -> Checkpoint | None:
+    """The newest checkpoint that is complete and intact; each newer one that is not is reported in one line."""
+    for checkpoint, problem in run_checkpoints(run_dir):
+        if problem is None:
+            return checkpoint
+        report(f"skipping checkpoint {checkpoint.path}: {problem}")
+    return None
 
 
-def find_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """A run directory (its latest checkpoint), its checkpoints/ folder, or one checkpoint's folder."""
+def find_checkpoint(path: str | os.PathLike, report: Callable[[str], None] = lambda line: None) -> Checkpoint:
+    """A run directory (its newest good checkpoint), its checkpoints/ folder, or one checkpoint's folder."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory or checkpoint folder")
+    if path.name == CHECKPOINTS and not (path / CHECKPOINTS).is_dir():
+        path = path.parent
     if (path / CHECKPOINTS).is_dir():
-        path = path / CHECKPOINTS
-    if (path / LATEST).is_file():
-        return _from_latest(path)
+        checkpoint = latest_good_checkpoint(path, report)
+        if checkpoint is None:
+            raise UserError(f"{path / CHECKPOINTS}: no complete checkpoint (`smollm2 checkpoints {path}` lists them)")
+        return checkpoint
     if any(path.glob("*model_states.pt")):
-        return Checkpoint(path.parent, path.name)
+        checkpoint = Checkpoint(path.parent, path.name)
+        latest = path.parent / LATEST
+        latest_tag = TAG_PATTERN.fullmatch(latest.read_text().strip()) if latest.is_file() else None
+        problem = checkpoint_problem(checkpoint, int(latest_tag.group(1)) if latest_tag else None)
+        if problem is not None and (path / MANIFEST).is_file():
+            raise UserError(f"{path}: {problem}")
+        return checkpoint
     raise UserError(
-        f"{path}: no checkpoint here (expected a run directory with {CHECKPOINTS}/{LATEST}, "
+        f"{path}: no checkpoint here (expected a run directory with {CHECKPOINTS}/, "
         "or a checkpoint folder holding *model_states.pt)"
     )
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Checkpoint | None:
-    """--resume: "auto" (the run's latest checkpoint, if any), "never" (refuses a run that has some) or a path."""
+def resolve_resume(
+    resume: str,
+    run_dir: Path,
+    report: Callable[[str], None] = lambda line: None,
+) -> Checkpoint | None:
+    """--resume: "auto" (the run's newest good checkpoint, if any), "never" (refuses a run that has some) or a
+    path (a run directory or one checkpoint folder)."""
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return latest_good_checkpoint(run_dir, report)
     if resume == "never":
-        if latest_checkpoint(run_dir) is not None:
+        if run_checkpoints(run_dir):
             raise UserError(
                 f"--resume never: {run_dir} already has checkpoints; use --resume auto to continue "
                 "it, or another train.out_dir"
             )
         return None
-    return find_checkpoint(resume)
+    return find_checkpoint(resume, report)
 
 
 # -- reading what a checkpoint holds ---------------------------------------------------------------
@@ -160,8 +273,9 @@ def check_same_architecture(
             raise UserError(f"model.{name}: the config says {ours[name]!r} but {source} has {theirs[name]!r}{hint}")
 
 
-def check_resumable(checkpoint: Checkpoint, architecture: dict[str, Any], zero_stage: int, world_size: int) -> None:
-    """Refuse a checkpoint this config cannot continue: another model, ZeRO stage or (ZeRO 1-3) world size."""
+def check_resumable(checkpoint: Checkpoint, architecture: dict[str, Any], zero_stage: int) -> None:
+    """Refuse a checkpoint this config cannot continue: another model, or ZeRO off on one side only. Another
+    world size or another ZeRO stage (1-3) is fine: reshard_needed() says when the state must be converted."""
     state = read_client_state(checkpoint)
     # block_size too: the data position counts blocks of that many tokens.
     check_same_architecture(
@@ -171,18 +285,19 @@ def check_resumable(checkpoint: Checkpoint, architecture: dict[str, Any], zero_s
         extra_keys=("block_size",),
         hint="; a resumed run must keep the model",
     )
-    if state["zero_stage"] != zero_stage:
+    if (state["zero_stage"] == 0) != (zero_stage == 0):
+        # Stage 0 saves the torch optimizer's state whole, stages 1-3 DeepSpeed's flat partitions: DeepSpeed
+        # converts between stages 1-3 (the universal format), not to or from stage 0.
         raise UserError(
             f"deepspeed.zero_stage: the config says {zero_stage} but checkpoint {checkpoint.path} was "
-            f"written with stage {state['zero_stage']}"
+            f"written with stage {state['zero_stage']}; stages 1-3 resume from each other, stage 0 only from 0"
         )
-    if state["zero_stage"] > 0 and state["world_size"] != world_size:
-        # ZeRO shards the optimizer state by rank; DeepSpeed cannot re-shard it on load.
-        raise UserError(
-            f"{checkpoint.path}: written by {state['world_size']} ranks with ZeRO stage "
-            f"{state['zero_stage']}, cannot resume on {world_size}; resume on "
-            f"{state['world_size']} ranks (stage 0 checkpoints resume on any number)"
-        )
+
+
+def reshard_needed(checkpoint: Checkpoint, zero_stage: int, world_size: int) -> bool:
+    """Whether a ZeRO checkpoint was sharded for another world size or stage than this job's."""
+    state = read_client_state(checkpoint)
+    return state["zero_stage"] > 0 and (state["world_size"], state["zero_stage"]) != (world_size, zero_stage)
 
 
 # -- RNG state -------------------------------------------------------------------------------------
@@ -218,35 +333,167 @@ def restore_rng_states(states: list[dict[str, Any]], rank: int, world_size: int,
 
 
 def save_checkpoint(
-    engine: Any, run_dir: Path, step: int, client_state: dict[str, Any], keep_last: int, is_main: bool
+    engine: Any, run_dir: Path, step: int, client_state: dict[str, Any], keep_last: int, is_main: bool, group: Any
 ) -> Path:
-    """Write step's checkpoint on every rank, then (rank 0) point `latest` at it and prune old ones. Collective."""
-    root, tag = run_dir / CHECKPOINTS, checkpoint_tag(step)
-    engine.save_checkpoint(
-        str(root), tag=tag, client_state={CLIENT_STATE_KEY: client_state}, save_latest=False
-    )  # returns after a barrier: every rank has written
+    """Write step's checkpoint on every rank, then (rank 0) its manifest, `latest`, and prune. Collective.
+
+    The order makes every moment safe to die in: a folder without a manifest is an unfinished save,
+    skipped on resume; `latest` moves only after the manifest. `group` is the gloo group the ranks use to
+    agree that a leftover folder of this step is gone before DeepSpeed writes into it.
+    """
+    checkpoint = Checkpoint(run_dir / CHECKPOINTS, checkpoint_tag(step))
+    if is_main and checkpoint.path.exists():  # an interrupted save of this step: no stale file may survive
+        shutil.rmtree(checkpoint.path)
+    torch.distributed.barrier(group=group)
+    try:
+        engine.save_checkpoint(
+            str(checkpoint.root), tag=checkpoint.tag, client_state={CLIENT_STATE_KEY: client_state}, save_latest=False
+        )  # returns after a barrier: every rank has written
+        faults.delay_save(step)
+        if is_main:
+            write_manifest(checkpoint, step)
+            write_text_atomic(checkpoint.root / LATEST, checkpoint.tag)
+    except Exception as exc:  # a full disk or quota: DeepSpeed's torch.save says only "unexpected pos"
+        failure = write_failed(checkpoint.path, exc)
+        if is_main:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)  # no manifest: never resumed from; free the space
+        newest = latest_good_checkpoint(checkpoint.run_dir)
+        raise UserError(
+            f"checkpoint of step {step}: {failure}; "
+            + (f"the newest good one is {newest.path}" if newest else "no checkpoint was written before")
+        ) from None
     if is_main:
-        write_text_atomic(root / LATEST, tag)  # `latest` never names a half-written checkpoint
-        prune_checkpoints(root, keep_last, keep=tag)
-    return root / tag
+        prune_checkpoints(checkpoint.root, keep_last, keep=checkpoint.tag)
+    return checkpoint.path
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep: str) -> None:
-    """Delete all but the newest `keep_last` step_* folders; never `keep` (the one just written)."""
-    tags = sorted(
-        (int(m.group(1)), p.name) for p in root.iterdir() if p.is_dir() and (m := TAG_PATTERN.fullmatch(p.name))
+    """Keep `keep` (the checkpoint just written, now `latest`) and the newest `keep_last` - 1 before it; delete
+    the older ones and every folder after it (a save cut short, or the future of a run resumed from an older
+    checkpoint: its steps are written again when training gets there)."""
+    keep_step = checkpoint_step(Checkpoint(root, keep))
+    older = sorted(
+        (
+            Checkpoint(root, p.name)
+            for p in root.iterdir()
+            if p.is_dir() and TAG_PATTERN.fullmatch(p.name) and p.name != keep
+        ),
+        key=checkpoint_step,
+        reverse=True,
     )
-    for _, name in tags[:-keep_last]:
-        if name != keep:
-            shutil.rmtree(root / name)
+    before = [checkpoint for checkpoint in older if checkpoint_step(checkpoint) < keep_step]
+    for checkpoint in [c for c in older if checkpoint_step(c) > keep_step] + before[keep_last - 1 :]:
+        shutil.rmtree(checkpoint.path)
 
 
-def load_checkpoint(engine: Any, checkpoint: Checkpoint) -> dict[str, Any]:
-    """Load weights, optimizer, scheduler into `engine`; returns our client state. Collective."""
-    path, client_state = engine.load_checkpoint(str(checkpoint.root), tag=checkpoint.tag)
+def load_checkpoint(engine: Any, checkpoint: Checkpoint, universal: bool = False) -> dict[str, Any]:
+    """Load weights, optimizer, scheduler into `engine`; returns our client state. Collective.
+
+    universal: load the checkpoint's universal/ folder (write_universal), which DeepSpeed re-partitions for
+    this job's ranks and ZeRO stage. DeepSpeed reads its `checkpoint.load_universal` setting only while
+    loading, so it is switched on for this load alone: a later rollback may load one of this job's own.
+    """
+    root, tag = (checkpoint.path, UNIVERSAL) if universal else (checkpoint.root, checkpoint.tag)
+    engine._config.load_universal_checkpoint = universal
+    try:
+        path, client_state = engine.load_checkpoint(str(root), tag=tag)
+    finally:
+        engine._config.load_universal_checkpoint = False
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load {checkpoint.path}")
+        raise RuntimeError(f"DeepSpeed could not load {root / tag}")
+    if universal and engine.zero_optimization_stage() == 3:
+        _repair_zero3_universal_load(engine.optimizer, root / tag)
     return client_state[CLIENT_STATE_KEY]
+
+
+def _repair_zero3_universal_load(optimizer: Any, universal: Path) -> None:
+    """Undo two slips of DeepSpeed 0.19's ZeRO-3 universal load, found by comparing losses with a run that was
+    never resharded: it gives every parameter group the settings of the first saved group (so the no-decay
+    group decays), and one shared `step` tensor to every partition's AdamW state (so the step count, and with
+    it Adam's bias correction, advances once per partition per step)."""
+    # The converter's own file; DeepSpeed pickles its objects in it and loads it the same way.
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    for group, settings in zip(optimizer.optimizer.param_groups, saved["optimizer_state_dict"]["param_groups"]):
+        group.update({name: value for name, value in settings.items() if name != "params"})
+    for state in optimizer.optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+# -- converting a checkpoint for another world size or ZeRO stage ----------------------------------
+
+
+def write_universal(checkpoint: Checkpoint, report: Callable[[str], None] = lambda line: None) -> None:
+    """Convert a ZeRO checkpoint into DeepSpeed's universal format (one fp32 file per parameter and per AdamW
+    moment, any partitioning) in its folder's universal/, once: a later resume on yet another world size
+    reuses it. Rank 0 only, while the others wait. It costs the checkpoint's size again on disk; it goes
+    when the checkpoint is pruned."""
+    target = checkpoint.path / UNIVERSAL
+    if (target / RESHARD_RECORD).is_file():
+        report(f"resharding from {target} (converted to DeepSpeed's universal format by an earlier job)")
+        return
+    partial = checkpoint.path / (UNIVERSAL + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    report(f"converting {checkpoint.path} to DeepSpeed's universal format for another world size or ZeRO stage")
+    started = time.perf_counter()
+    workers = str(max(1, min(4, os.cpu_count() or 1)))
+    command = [
+        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder", str(checkpoint.path), "--output_folder", str(partial),
+        "--num_extract_workers", workers, "--num_merge_workers", workers,
+        # Our AdamW state lacks fields DeepSpeed's Megatron-oriented converter expects; it fills them in.
+        "--inject_missing_state",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    (checkpoint.path / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; we keep our own
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        raise UserError(f"{checkpoint.path}: DeepSpeed's ds_to_universal could not convert it ({last})")
+    _loadable_by_every_stage(partial)
+    # DeepSpeed looks for the model-states file under its stage's name: give it both.
+    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    have = [name for name in names if (partial / name).is_file()]
+    for name in names:
+        if have and not (partial / name).exists():
+            os.link(partial / have[0], partial / name)
+    state = read_client_state(checkpoint)
+    record = {"from_world_size": state["world_size"], "from_zero_stage": state["zero_stage"],
+              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    write_text_atomic(partial / RESHARD_RECORD, json.dumps(record) + "\n")
+    os.replace(partial, target)  # complete or absent: a kill during the conversion leaves only .partial
+    report(f"converted in {record['seconds']} s: {target}")
+
+
+def _loadable_by_every_stage(universal: Path) -> None:
+    """DeepSpeed's converter writes what the saving stage's loader reads. Stages 1-2 read each parameter's
+    AdamW step from its step.pt, its tensors as {"param": full-shape tensor}, and DeepSpeed's version from
+    optimizer_state.pt; stage 3 reads flat tensors or that dict, and one step and the parameter groups from
+    optimizer_state.pt's torch-optimizer state. Add whatever is missing, so that any stage loads it."""
+    zero = universal / "zero"
+    # The converter's own files, loaded the way DeepSpeed loads them.
+    def load(path: Path) -> Any:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    state = load(zero / "optimizer_state.pt")
+    params = sorted(p for p in zero.iterdir() if p.is_dir())
+    if "optimizer_state_dict" not in state:  # from stage 1 or 2
+        step = load(next(p / "step.pt" for p in params if (p / "step.pt").is_file()))
+        state["optimizer_state_dict"] = {"state": {0: {"step": step}}, "param_groups": state["param_groups"]}
+    else:  # from stage 3
+        model_states = load(next(universal.glob("*model_states.pt")))
+        state.setdefault("ds_version", model_states["ds_version"])
+        shapes = {name: shape for group in model_states["param_shapes"] for name, shape in group.items()}
+        step = state["optimizer_state_dict"]["state"][0]["step"]
+        for param in params:
+            torch.save(step, param / "step.pt")
+            for name in ("fp32", "exp_avg", "exp_avg_sq"):
+                if not (param / f"{name}.pt").is_file():
+                    continue  # a tied weight's second name: an empty folder
+                tensor = load(param / f"{name}.pt")
+                if torch.is_tensor(tensor):
+                    torch.save({"param": tensor.view(shapes[param.name])}, param / f"{name}.pt")
+    torch.save(state, zero / "optimizer_state.pt")
 
 
 # -- a model out of a checkpoint, an HF folder or a GGUF file --------------------------------------
@@ -324,3 +571,31 @@ def load_model(
         f"{path}: not a model (expected a run directory, a folder with config.json and safetensors "
         f"weights, or a .gguf file)"
     )
+
+
+# -- `smollm2 checkpoints RUN_DIR` -----------------------------------------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.out_dir)")
+
+
+def run(args: Any) -> None:
+    """List a run's checkpoints, newest first: step, size, and whether it is complete and intact."""
+    root = Path(args.run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        raise UserError(f"{args.run_dir}: no {CHECKPOINTS}/ folder (not a run directory, or nothing saved yet)")
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    print(f"{root} (latest: {latest or 'none'})")
+    resumes = None
+    for checkpoint, problem in run_checkpoints(args.run_dir):
+        size = sum(p.stat().st_size for p in checkpoint.path.rglob("*") if p.is_file())
+        if problem is None and resumes is None:
+            resumes = checkpoint
+        state = "good" + ("  <- --resume auto continues from here" if checkpoint == resumes else "")
+        print(
+            f"  {checkpoint.tag}  step {checkpoint_step(checkpoint):>8}  {size / 2**20:10.1f} MiB  "
+            f"{state if problem is None else problem}"
+        )
+    if resumes is None:
+        print("  no complete checkpoint: a run started here begins from step 0")

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -86,8 +88,12 @@ class ModelConfig:
     block_size: int = key(512, _positive, "must be > 0")  # tokens per training sample (sequence length)
     bos_token_id: int = key(0, _non_negative, "must be >= 0")
     eos_token_id: int = key(0, _non_negative, "must be >= 0")  # must be the data tokenizer's end-of-document id
+    # Attend only within each document of a packed block (documents end with eos_token_id): FlexAttention
+    # on CUDA, SDPA with a boolean mask on CPU. Positions do not restart per document (smollm2/model.py
+    # says why). Generation and padded batches are unaffected; no weights depend on it.
+    document_masking: bool = False
     # An HF folder or GGUF file whose weights start the run (continued pretraining); its architecture
-    # must equal this section's (initializer_range, block_size and the bos/eos ids may differ).
+    # must equal this section's (initializer_range, block_size, document_masking and the bos/eos ids may differ).
     init_from: str | None = None
 
     def architecture(self) -> dict[str, Any]:
@@ -125,10 +131,96 @@ class ModelConfig:
             )
 
 
+# A data source's name becomes a TensorBoard tag (data/tokens/<name>) and a metrics.jsonl key.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class SourceConfig:
+    """One entry of data.sources: a prepared dataset and its share of the training tokens."""
+
+    name: str = ""  # labels its accounting: data/tokens/<name>, eval/loss/<name>
+    path: str = ""  # a folder written by `smollm2 prepare` (it may hold shards)
+    weight: float | None = None  # its share of training tokens (divided by the sum); null when data.stages is set
+
+
+@dataclass
+class StageConfig:
+    """One entry of data.stages: from optimizer step start_step on, these weights (one per source name)."""
+
+    start_step: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class DataConfig:
-    path: str = key("", required=True)  # folder written by `smollm2 prepare` (train.bin, val.bin, tokenizer.json)
+    # One dataset (path) or a weighted mixture of several (sources, in stages or not): exactly one of the two.
+    path: str = ""  # folder written by `smollm2 prepare` (train.bin, val.bin, tokenizer.json)
+    sources: list[SourceConfig] = key(factory=list)  # [{name, path, weight}, ...] (smollm2.mixture)
+    stages: list[StageConfig] = key(factory=list)  # [{start_step, weights: {name: weight}}, ...]
     num_workers: int = key(2, _non_negative, "must be >= 0")  # DataLoader worker processes per rank (0: none)
+
+    def check(self, max_steps: int | None = None) -> None:
+        """UserError naming the first bad key of data.path / data.sources / data.stages."""
+        if self.path and self.sources:
+            raise UserError("data.sources: set data.path (one dataset) or data.sources (a mixture), not both")
+        if not self.path and not self.sources:
+            raise UserError("data.path: required, not set (or name several datasets in data.sources)")
+        if self.path:
+            if self.stages:
+                raise UserError("data.stages: needs data.sources (data.path is a single dataset, nothing to blend)")
+            return
+        names: list[str] = []
+        for i, source in enumerate(self.sources):
+            name = f"data.sources[{i}]"
+            if not source.name:
+                raise UserError(f"{name}.name: required, not set")
+            if not _SOURCE_NAME.fullmatch(source.name):
+                raise UserError(
+                    f"{name}.name: {source.name!r} is not a valid name (letters, digits, '_', '.', '-';"
+                    " it becomes the TensorBoard tag data/tokens/<name>)"
+                )
+            if source.name in names:
+                raise UserError(f"{name}.name: {source.name!r} names two sources")
+            if not source.path:
+                raise UserError(f"{name}.path: required, not set (a folder written by `smollm2 prepare`)")
+            if self.stages and source.weight is not None:
+                raise UserError(f"{name}.weight: data.stages sets the weights; remove this one")
+            if not self.stages:
+                if source.weight is None:
+                    raise UserError(f"{name}.weight: required, not set (its share of training tokens)")
+                _check_weight(source.weight, f"{name}.weight")
+            names.append(source.name)
+        if not self.stages:
+            _check(sum(s.weight for s in self.sources) > 0, "data.sources", "at least one weight must be above 0")
+        for i, stage in enumerate(self.stages):
+            name, start = f"data.stages[{i}]", stage.start_step
+            if start is None or start < 0:
+                raise UserError(f"{name}.start_step: required, an optimizer step >= 0, got {start!r}")
+            if i == 0 and start != 0:
+                raise UserError(f"{name}.start_step: the first stage must start at step 0, got {start}")
+            before = self.stages[i - 1].start_step
+            if i > 0 and start <= before:
+                raise UserError(f"{name}.start_step: {start} is not after the stage before ({before})")
+            if max_steps is not None and start >= max_steps:
+                raise UserError(
+                    f"{name}.start_step: {start} is not before train.max_steps ({max_steps}): the stage would never run"
+                )
+            unknown = [n for n in stage.weights if n not in names]
+            if unknown:
+                raise UserError(f"{name}.weights.{unknown[0]}: no such source (data.sources: {', '.join(names)})")
+            missing = [n for n in names if n not in stage.weights]
+            if missing:
+                raise UserError(
+                    f"{name}.weights: no weight for source {missing[0]!r} (give it 0 to leave it out of this stage)"
+                )
+            for source_name in names:
+                _check_weight(stage.weights[source_name], f"{name}.weights.{source_name}")
+            _check(sum(stage.weights.values()) > 0, f"{name}.weights", "at least one weight must be above 0")
+
+
+def _check_weight(weight: float, key_name: str) -> None:
+    _check(math.isfinite(weight) and weight >= 0, key_name, "must be a number >= 0", weight)
 
 
 @dataclass
@@ -152,9 +244,30 @@ class TrainConfig:
     compile: bool = True  # torch.compile each decoder layer
     fused_loss: bool = True  # LM head + cross-entropy in chunks, never the whole [tokens, vocab] logits
     seed: int = 1234  # model init and every other training RNG; the data order too
+    # A collective that waits longer than this ends the job (exit 3) naming the rank that stopped answering:
+    # a dead or stalled rank never hangs the others for good. It must cover the longest wait a healthy rank
+    # has for the others: a checkpoint save, an eval, the first step's compilation.
+    collective_timeout_s: float = key(1800.0, _positive, "must be > 0")
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         return self.global_batch_size // (self.micro_batch_size * world_size)
+
+
+@dataclass
+class StabilityConfig:
+    # A step whose loss or gradient norm is not finite on any rank makes no update (weights and optimizer
+    # state stay as they were); it still consumes its data and its place in the LR schedule. After this many
+    # in a row the run stops (exit 3) and saves nothing: its newest checkpoint holds the state before them.
+    max_bad_steps: int = key(5, _positive, "must be >= 1")
+    # A loss spike: a step's loss (mean over ranks) above the mean + spike_sigmas standard deviations of the
+    # last spike_window steps. none: not watched (no extra synchronization per step); log: reported; skip:
+    # that step makes no update (ZeRO 0 without DeepSpeed's bf16 weights, where the trainer steps the
+    # optimizer); rollback: back to the newest checkpoint, then on past the data that led to the spike, as
+    # PaLM and OPT did (at most max_rollbacks times in a job).
+    spike: Literal["none", "log", "skip", "rollback"] = "none"
+    spike_sigmas: float = key(6.0, _positive, "must be > 0")
+    spike_window: int = key(50, lambda v: v >= 2, "must be >= 2")
+    max_rollbacks: int = key(3, _non_negative, "must be >= 0")
 
 
 @dataclass
@@ -194,9 +307,18 @@ class DeepSpeedSection:
     overrides_file: str | None = None  # a DeepSpeed JSON file merged before `overrides`
 
 
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # what smollm2.tasks reads
+
+
+def _task_files(paths: list[str]) -> bool:
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return all(os.path.splitext(p)[1] in TASK_FILE_SUFFIXES for p in paths) and len(set(stems)) == len(stems)
+
+
 @dataclass
 class EvalConfig:
     eval_every: int = key(500, _non_negative, "must be >= 0 (0: only at the end)")  # steps between evals
+    at_start: bool = False  # also evaluate a new run before its first step: the baseline of continued pretraining
     num_blocks: int = key(256, _positive, "must be > 0")  # val loss over the first N val blocks (or all there are)
     micro_batch_size: int | None = key(None, _positive_or_null, "must be > 0")  # per GPU; null: train's
     prompts: list[str] = key(factory=lambda: ["Once upon a time", "To be, or not to be", "The meaning of life is"])
@@ -204,6 +326,10 @@ class EvalConfig:
     temperature: float = key(0.8, _non_negative, "must be >= 0 (0: greedy)")
     top_k: int | None = key(50, _positive_or_null, "must be > 0 or null")  # null: no top-k filter
     seed: int = 0  # the samples' own torch.Generator; training RNG is untouched
+    # Multiple-choice task files (smollm2.tasks), scored at every eval and logged as eval/<file name>/acc, acc_norm.
+    tasks: list[str] = key(
+        factory=list, check=_task_files, expected="must be .jsonl, .json or .parquet task files of different names"
+    )
 
 
 @dataclass
@@ -221,6 +347,10 @@ class LoggingConfig:
     peak_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
     # Also report MFU against this datasheet figure (989 for H100/H200 SXM bf16).
     datasheet_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
+    # Weights & Biases: off (YAML reads `off` as false), offline (files in RUN_DIR/wandb, `wandb sync` them
+    # later) or online. Needs the wandb extra.
+    wandb: Literal[False, "offline", "online"] = False
+    wandb_project: str = key("smollm2", bool, "must be a non-empty project name")
 
 
 @dataclass
@@ -230,6 +360,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -247,6 +378,7 @@ class Config:
                 if check is not None:
                     _check(check(value), name, f.metadata["expected"], value)
         self.model.check()
+        self.data.check(self.train.max_steps)
         t, s = self.train, self.schedule
         if t.stop_at is not None:
             _check(
@@ -271,6 +403,13 @@ class Config:
             "schedule.warmup_steps",
             f"must end before the decay starts (step {decay_start} of train.max_steps {t.max_steps})",
             s.warmup_steps,
+        )
+        _check(
+            self.stability.spike != "skip" or self.deepspeed.zero_stage == 0,
+            "stability.spike",
+            "skip needs deepspeed.zero_stage 0, where the trainer steps the optimizer itself; use rollback or "
+            "log with ZeRO 1-3",
+            self.stability.spike,
         )
         # The fused LM-head loss reads the head's weight outside lm_head's own forward; ZeRO-3 gathers
         # it there for the tied head (the embedding) but not for a separate one in backward.
@@ -377,7 +516,9 @@ def _coerce(value: Any, hint: Any, key_name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{key_name}: expected a mapping, got {value!r}")
-        return value
+        if args[1] is Any:
+            return value
+        return {k: _coerce(v, args[1], f"{key_name}.{k}") for k, v in value.items()}
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

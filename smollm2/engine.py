@@ -26,7 +26,10 @@ kernels on CUDA (`fused=True`), and no 40 s JIT build of a C++ op on CPU machine
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import gc
+import io
 import json
 import logging
 import os
@@ -42,8 +45,9 @@ from smollm2.errors import UserError
 from smollm2.schedule import build_scheduler
 
 
-def init_distributed(env: DistEnv) -> torch.device:
-    """Join the process group (NCCL on GPUs, gloo on CPU) and return this rank's device."""
+def init_distributed(env: DistEnv, timeout_s: float) -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPU) and return this rank's device. A collective that
+    waits longer than `timeout_s` raises (gloo) or aborts the process (NCCL's watchdog)."""
     import deepspeed
 
     # DeepSpeed logs its whole config and every step at INFO; our own progress line says what matters.
@@ -59,7 +63,9 @@ def init_distributed(env: DistEnv) -> torch.device:
         device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
-    deepspeed.init_distributed()
+    # On CPU it builds its shared-memory all-reduce and print()s "... built successfully" on every rank.
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
     return device
 
 

@@ -1,21 +1,24 @@
 """The SmolLM2 model: a Llama-style causal language model in plain PyTorch, module for module as the spec names them.
 
-Reads top to bottom like the spec: config, RMSNorm, rotary embeddings, MLP, attention, decoder layer,
-the decoder stack, the LM head with loss and generation. The state-dict keys are exactly those of
-transformers' LlamaForCausalLM, so weights move both ways without renaming (smollm2/hf.py translates the
-config and reads and writes the files). No distributed code lives here: smollm2/engine.py wraps this
-module in DeepSpeed, activation checkpointing and torch.compile from the outside. Bad hyperparameters
-raise ValueError naming the field; the config and file readers turn that into a message for the user.
+Reads top to bottom like the spec: config, RMSNorm, rotary embeddings, MLP, attention (and the document
+masking of packed blocks), decoder layer, the decoder stack, the LM head with loss and generation. The
+state-dict keys are exactly those of transformers' LlamaForCausalLM, so weights move both ways without
+renaming (smollm2/hf.py translates the config and reads and writes the files). No distributed code lives
+here: smollm2/engine.py wraps this module in DeepSpeed, activation checkpointing and torch.compile from
+the outside. Bad hyperparameters raise ValueError naming the field; the config and file readers turn that
+into a message for the user.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from smollm2 import ops
@@ -50,6 +53,9 @@ class SmolLM2Config:
     block_size: int = 512
     bos_token_id: int = 0
     eos_token_id: int = 0
+    # Training and evaluation forwards attend only within each document of a packed block (documents end
+    # with eos_token_id); generation and padded batches are unaffected. No weights depend on it.
+    document_masking: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -188,11 +194,29 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     return hidden_states.reshape(batch, num_key_value_heads * n_rep, seq_len, head_dim)
 
 
+def document_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """[B, L] int32: which document of its packed block each token is in, counted from 0.
+
+    Every document ends with eos_token_id (smollm2/prepare.py writes them so) and the eos belongs to the
+    document it ends, so a token's document is the number of eos tokens before it. A block that starts
+    inside a document has that document's tail as its document 0.
+    """
+    is_eos = (input_ids == eos_token_id).to(torch.int32)
+    return is_eos.cumsum(dim=1, dtype=torch.int32) - is_eos
+
+
+def document_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """bool [B, 1, L, L]: query i may attend key j when j <= i and both are in the same document."""
+    seq_len = document_ids.shape[1]
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=document_ids.device).tril()
+    return (document_ids[:, None, :, None] == document_ids[:, None, None, :]) & causal
+
+
 class SmolLM2Attention(nn.Module):
     """Grouped-query self-attention softmax(QK^T / sqrt(head_dim)) V with rotary embeddings and an optional KV cache.
 
     torch's scaled_dot_product_attention computes it (cuDNN / flash kernels on GPUs); the tests check it
-    against the formula written out.
+    against the formula written out. With document masking on CUDA, FlexAttention does (ops.flex_attention).
     """
 
     def __init__(self, config: SmolLM2Config) -> None:
@@ -214,11 +238,12 @@ class SmolLM2Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | BlockMask | None = None,
         past_key_value: LayerCache | None = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, LayerCache | None]:
-        """`attention_mask`: None (plain causal) or bool [B, 1, L, past + L], True = may attend."""
+        """`attention_mask`: None (plain causal), bool [B, 1, L, past + L] (True = may attend), or the
+        document mask as a FlexAttention BlockMask (no cache then)."""
         batch, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
@@ -235,7 +260,9 @@ class SmolLM2Attention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=seq_len > 1, enable_gqa=self.num_key_value_groups > 1
             )
-        else:  # padding masks (generation, evaluation): the masked kernels want every head's K and V
+        elif isinstance(attention_mask, BlockMask):  # document masking on CUDA: skips other documents' keys
+            out = ops.flex_attention(q, k, v, attention_mask, enable_gqa=self.num_key_value_groups > 1)
+        else:  # boolean masks (padding; document masking on CPU): the masked kernels want every head's K and V
             k = repeat_kv(k, self.num_key_value_groups)
             v = repeat_kv(v, self.num_key_value_groups)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
@@ -261,7 +288,7 @@ class SmolLM2DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | BlockMask | None = None,
         past_key_value: LayerCache | None = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, LayerCache | None]:
@@ -280,7 +307,7 @@ class SmolLM2DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | BlockMask | None,
         past_key_value: LayerCache | None,
         use_cache: bool,
     ) -> tuple[torch.Tensor, LayerCache | None]:
@@ -325,6 +352,12 @@ class SmolLM2Model(nn.Module):
         else:
             cos, sin = self.rotary_emb(hidden_states, int(position_ids.max()) + 1)
         mask = _attention_mask(attention_mask, batch, seq_len, past_len, input_ids.device)
+        if self.config.document_masking and attention_mask is None and past_key_values is None and not use_cache:
+            # Positions keep counting across the documents of a block instead of restarting at each one:
+            # a rotary score depends on i - j only, so a document attended to alone scores the same
+            # wherever it sits (up to float rounding; tests/test_document_masking.py), and one [1, L]
+            # row of positions (cos/sin) serves every block, as without masking.
+            mask = _document_mask(input_ids, self.config.eos_token_id)
         checkpoint_every = self.checkpoint_every_n_layers if torch.is_grad_enabled() else 0
         presents = []
         for i, layer in enumerate(self.layers):
@@ -357,6 +390,15 @@ def _attention_mask(
         # finite (its output is never used, but a NaN would leak through 0 * NaN in later layers).
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask.expand(batch, 1, seq_len, total)
+
+
+def _document_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor | BlockMask:
+    """The document-causal mask of packed blocks in the form its kernel takes: a FlexAttention BlockMask
+    where FlexAttention trains (CUDA), else the boolean mask for SDPA (CPU; the reference)."""
+    ids = document_ids(input_ids, eos_token_id)
+    if ops.flex_attention_supported(input_ids.device):
+        return ops.document_block_mask(ids)
+    return document_causal_mask(ids)
 
 
 @dataclass
@@ -496,10 +538,15 @@ def sample_next_token(
     top_p: float | None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token id per row of `logits` [B, vocab]: greedy at temperature 0, else top-k / top-p sampling."""
+    """One token id per row of `logits` [B, vocab]: greedy at temperature 0, else top-k / top-p sampling.
+
+    Logits that are not finite (a diverged model) never crash the sampler: NaN and -inf count as
+    impossible tokens, +inf as certain ones, and a row with no possible token falls back to id 0.
+    """
+    logits = logits.float() / (temperature or 1.0)
+    logits = torch.nan_to_num(logits, nan=-math.inf, posinf=torch.finfo(torch.float32).max, neginf=-math.inf)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -509,5 +556,7 @@ def sample_next_token(
         # Drop a token when the more likely ones already cover top_p; the best token always stays.
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    hopeless = ~torch.isfinite(logits).any(dim=-1, keepdim=True)
+    probs = logits.masked_fill(hopeless, 0.0).softmax(dim=-1)  # uniform where nothing was possible
+    choice = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return torch.where(hopeless.squeeze(-1), 0, choice)

@@ -11,8 +11,14 @@
 - `selective_checkpoint`: activation checkpointing that keeps the matmul and attention outputs and
   recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward
   (`SmolLM2ForCausalLM.set_activation_checkpointing(n, selective=True)`).
+- `flex_attention` with `document_block_mask`: attention within each document of a packed block
+  (`model.document_masking`), the drop-in for SDPA with the boolean mask `model.document_causal_mask`.
+  FlexAttention works on tiles of 128 x 128 query/key positions: the mask marks each tile empty (skipped:
+  keys in earlier documents), full (no mask work) or partial: the shorter the documents, the fewer tiles
+  are computed, and a block of one document computes the tiles of plain causal attention.
 
-Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it.
+Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it; FlexAttention
+only forward there: its CPU backward does not exist (torch 2.13), so the model trains on CPU with SDPA.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.attention import flex_attention as flex
 
 # Tokens per chunk: 16384 x 49152 bf16 logits are 1.6 GB (and as much for their gradient). The whole loss of
 # 131072 tokens took 53.4 / 48.8 / 47.0 ms at 4096 / 8192 / 16384 tokens a chunk on an H200 (bench/loss_kernel.py).
@@ -131,6 +138,65 @@ def fused_linear_cross_entropy(
         return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, ignore_index)
 
 
+def flex_attention_supported(device: torch.device) -> bool:
+    """Whether the model's document masking runs on FlexAttention here: on CUDA. On CPU FlexAttention has
+    no backward (torch 2.13 raises "FlexAttention does not support backward on CPU"), so SDPA with a
+    boolean mask trains there."""
+    return device.type == "cuda"
+
+
+def document_causal_mask_mod(document_ids: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """FlexAttention's mask_mod of `model.document_causal_mask`: key j <= query i, both in one document."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (document_ids[b, q_idx] == document_ids[b, kv_idx]) & (kv_idx <= q_idx)
+
+    return mask_mod
+
+
+def _document_block_mask(document_ids: torch.Tensor) -> flex.BlockMask:
+    batch, seq_len = document_ids.shape
+    # H=None: one mask for all heads (every head of a token sees the same keys).
+    return flex.create_block_mask(
+        document_causal_mask_mod(document_ids), batch, None, seq_len, seq_len, device=document_ids.device
+    )
+
+
+@functools.cache
+def _compiled_document_block_mask() -> Callable[[torch.Tensor], flex.BlockMask]:
+    # Eager, create_block_mask materializes the whole [B, L, L] boolean mask (256 MiB at 64 x 2048^2) and
+    # reduces it per tile; compiled, inductor fuses the mask_mod into those reductions. The closure is
+    # made inside, so the only input is the tensor of document ids: a new batch does not recompile.
+    return torch.compile(_document_block_mask, dynamic=False)
+
+
+def document_block_mask(document_ids: torch.Tensor) -> flex.BlockMask:
+    """The FlexAttention BlockMask of document-causal attention for document ids [B, L] (one per forward,
+    shared by every layer)."""
+    build = _compiled_document_block_mask() if document_ids.is_cuda else _document_block_mask
+    return build(document_ids)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    return torch.compile(flex.flex_attention, dynamic=False)
+
+
+def flex_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: flex.BlockMask, enable_gqa: bool
+) -> torch.Tensor:
+    """softmax(QK^T / sqrt(head_dim) + mask) V over the allowed (query, key) pairs of `block_mask`.
+
+    q [B, heads, L, D], k and v [B, kv_heads, L, D] (enable_gqa: each KV head serves heads / kv_heads query
+    heads, without copies). FlexAttention is fast only compiled: inside a compiled decoder layer
+    (train.compile, smollm2/engine.py) inductor fuses it there; otherwise it is compiled on its own here,
+    on CUDA (eager, it computes the whole score matrix).
+    """
+    compile_here = q.is_cuda and not torch.compiler.is_compiling()
+    attend = _compiled_flex_attention() if compile_here else flex.flex_attention
+    return attend(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
 # Ops whose outputs selective checkpointing keeps: the expensive ones (matmuls, attention kernels).
 # Everything else in a decoder layer is elementwise and cheap to recompute from them.
 @functools.cache
@@ -145,7 +211,9 @@ def _saved_ops() -> frozenset[Any]:
         "_scaled_dot_product_cudnn_attention",
         "_scaled_dot_product_flash_attention_for_cpu",
     ]
-    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+    saved = [getattr(aten, n).default for n in names if hasattr(aten, n)]
+    # FlexAttention (document masking) is a higher-order op, not an aten one.
+    return frozenset([*saved, torch.ops.higher_order.flex_attention])
 
 
 def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:

@@ -1,27 +1,38 @@
 """`smollm2 prepare`: tokenize a corpus into DIR/train.bin, DIR/val.bin and DIR/tokenizer.json.
 
-Inputs are read through `datasets`, one source at a time in the order given (folders and globs in sorted
-path order): .txt (one document per file, or per blank-line-separated paragraph with --txt-mode
-paragraph), .jsonl/.json/.parquet (gzipped too) with the document text in --text-field, a `datasets`
-dataset saved with save_to_disk, or a dataset name on the Hugging Face Hub. Files and hub datasets are
-streamed, so the corpus never has to fit in memory.
+Inputs are anything smollm2.corpus reads (.txt/.jsonl/.json/.parquet files, gzipped too, folders and globs
+of them, a dataset saved with save_to_disk, a Hub dataset name), streamed, so the corpus never has to fit
+in memory.
 
 Two passes, so the validation split can be an exact number of whole documents chosen at random:
-  1. stream the documents, tokenize them with `tokenizers` on all cores, append EOS to each, and write
-     one flat token stream plus every document's length (to a temporary folder inside DIR);
+  1. stream the documents, tokenize them, append EOS to each, and write one flat token stream plus every
+     document's length (to a temporary folder inside DIR). The main process reads the inputs and writes
+     the stream; with --num-proc N > 1, N worker processes of one thread each tokenize batches of about
+     ENCODE_BATCH_BYTES of text, and the batches are written back in input order;
   2. pick the validation documents (seeded), copy both splits out of that stream behind their headers
-     (format: smollm2.data), verify them, then rename everything into place.
-The output depends only on the inputs, the tokenizer and the flags: re-runs are byte-identical.
+     (format: smollm2.data), verify them, and write each file atomically (smollm2.atomic).
+The output depends only on the inputs, the tokenizer and the flags (not on --num-proc): re-runs are
+byte-identical.
+
+Many machines: `--shard I/N` prepares the I-th of N contiguous slices of the input files (by count, in
+path order) and writes DIR/train-0000I-of-0000N.bin and DIR/val-0000I-of-0000N.bin, its own validation
+documents chosen with seed (seed, I). The N shards need no joining: the trainer reads a split's shards
+end to end as one dataset (smollm2.data.split_files). launch/slurm/prepare_array.sbatch runs the N jobs.
 """
+
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -29,145 +40,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from smollm2.errors import UserError
+from smollm2.atomic import write_atomic
+from smollm2.corpus import Source, open_sources, read_documents
+from smollm2.errors import UserError, write_failed
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-# Text handed to the tokenizer at once: enough documents for every core, bounded memory for its output.
-ENCODE_BATCH_BYTES = 4 << 20
-
-
-def _builder(path: Path) -> str | None:
-    """The `datasets` builder that reads this file, gzipped or not (None: not a supported type)."""
-    suffixes = path.suffixes[:-1] if path.suffix == ".gz" else path.suffixes
-    return BUILDERS.get(suffixes[-1]) if suffixes else None
-
-
-@dataclass
-class Source:
-    """One input, ready to stream: `name` is what messages call it."""
-
-    name: str
-    dataset: object  # datasets.IterableDataset or datasets.Dataset
-    text_field: str
-    num_bytes: int | None  # text bytes, where known in advance (for the progress bar)
-
-
-def _expand(path_arg: str) -> list[Path] | None:
-    """The data files a PATH argument names (None: not a local path, so maybe a hub name)."""
-    path = Path(path_arg).expanduser()
-    if path.is_file():
-        if _builder(path) is None:
-            raise UserError(f"{path}: unsupported file type (expected {', '.join(BUILDERS)}, optionally .gz)")
-        return [path]
-    if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and _builder(p)
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not found:
-            raise UserError(f"{path}: no {'/'.join(BUILDERS)} files in this folder")
-        return found
-    if any(c in path_arg for c in "*?["):
-        import glob
-
-        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and _builder(Path(p)))
-        if not found:
-            raise UserError(f"{path_arg}: the pattern matches no {'/'.join(BUILDERS)} files")
-        return found
-    if path_arg.startswith((".", "/", "~")) or _builder(path) is not None or path_arg.count("/") > 1:
-        raise UserError(f"{path_arg}: no such file or folder")
-    return None
-
-
-def _saved_dataset(path: Path, text_field: str):
-    """A dataset written by `save_to_disk` (memory-mapped Arrow), or None if `path` is not one."""
-    import datasets
-
-    if (path / "dataset_dict.json").is_file():
-        splits = datasets.load_from_disk(str(path))
-        if "train" not in splits:
-            raise UserError(f"{path}: saved DatasetDict has no 'train' split (it has: {', '.join(splits)})")
-        dataset = splits["train"]
-    elif (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
-        dataset = datasets.load_from_disk(str(path))
-    else:
-        return None
-    if text_field not in dataset.column_names:
-        raise UserError(f"{path}: no column {text_field!r} (columns: {', '.join(dataset.column_names)});"
-                        " choose one with --text-field")
-    return dataset
-
-
-def open_sources(inputs: Iterable[str], *, text_field: str = "text", txt_mode: str = "file",
-                 cache_dir: str | Path | None = None) -> list[Source]:
-    """Resolve every PATH (file, folder, glob, saved dataset, hub name) into sources, failing before any work."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    # Each load_dataset of a packaged reader (text, json, parquet) otherwise sends a download-count request
-    # to the Hub, even for local files: half of prepare's time on a 43-file corpus here (0.12 s per file
-    # waiting on DNS without a network), and a network dependency for purely local work.
-    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
-    # Its readers log a failure before raising it; we report the exception as one line naming the file.
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    sources: list[Source] = []
-    for path_arg in inputs:
-        path = Path(path_arg).expanduser()
-        saved = _saved_dataset(path, text_field) if path.is_dir() else None
-        if saved is not None:
-            sources.append(Source(str(path), saved, text_field, None))
-            continue
-        files = _expand(path_arg)
-        if files is None:
-            sources.append(_hub_source(path_arg, text_field, cache_dir))
-            continue
-        for file in files:
-            builder = _builder(file)
-            options = {"sample_by": "document" if txt_mode == "file" else "paragraph"} if builder == "text" else {}
-            dataset = datasets.load_dataset(builder, data_files=[str(file)], split="train", streaming=True,
-                                            cache_dir=None if cache_dir is None else str(cache_dir), **options)
-            plain_text = builder == "text" and file.suffix == ".txt"
-            sources.append(Source(str(file), dataset, "text" if builder == "text" else text_field,
-                                  file.stat().st_size if plain_text else None))
-    return sources
-
-
-def _hub_source(name: str, text_field: str, cache_dir: str | Path | None) -> Source:
-    import datasets
-
-    if datasets.config.HF_HUB_OFFLINE:
-        raise UserError(f"{name}: not a local file, folder or glob, and the Hugging Face Hub is offline"
-                        " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)")
-    try:
-        dataset = datasets.load_dataset(name, split="train", streaming=True,
-                                        cache_dir=None if cache_dir is None else str(cache_dir))
-    except (ConnectionError, FileNotFoundError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{name}: cannot open this dataset from the Hugging Face Hub: {reason}") from None
-    return Source(name, dataset, text_field, None)
-
-
-def read_documents(sources: list[Source], batch_rows: int = 1024) -> Iterator[list[str]]:
-    """Batches of document texts, in source order; empty or missing texts are skipped."""
-    for source in sources:
-        batches = iter(source.dataset.iter(batch_size=batch_rows))
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            except (ValueError, OSError) as exc:  # bad JSON/Parquet, not UTF-8, unreadable
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise UserError(f"{source.name}: cannot read: {reason}") from None
-            if source.text_field not in batch:
-                raise UserError(f"{source.name}: no field {source.text_field!r} (fields: {', '.join(batch)});"
-                                " choose one with --text-field")
-            texts = [t for t in batch[source.text_field] if t]
-            if not all(isinstance(t, str) for t in texts):
-                kind = next(type(t).__name__ for t in texts if not isinstance(t, str))
-                raise UserError(f"{source.name}: field {source.text_field!r} holds {kind}, expected text")
-            yield texts
+# Text tokenized as one batch (one task of a worker process): small enough that a few MB of corpus still
+# make a batch for every worker, large enough that sending it to a process costs nothing in comparison.
+ENCODE_BATCH_BYTES = 1 << 20
 
 
 def encode_batches(batches: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -191,8 +73,66 @@ class TokenizeStats:
     num_bytes: int  # UTF-8 bytes of document text read
 
 
-def tokenize_to_stream(sources: list[Source], tok: Tokenizer, eos_id: int, dtype: np.dtype,
-                       out_path: Path) -> TokenizeStats:
+@dataclass
+class Encoder:
+    """Tokenizes a batch of documents into one stream of ids with EOS after each document."""
+
+    tok: Tokenizer
+    eos_id: int
+    dtype: np.dtype
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(the ids, each document's length with its EOS, the UTF-8 bytes of text)."""
+        ids = [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        doc_lengths = np.fromiter((len(i) + 1 for i in ids), dtype=np.int64, count=len(ids))
+        tokens = np.fromiter(
+            chain.from_iterable(chain(i, (self.eos_id,)) for i in ids), dtype=self.dtype, count=int(doc_lengths.sum())
+        )
+        return tokens, doc_lengths, sum(len(t.encode("utf-8")) for t in texts)
+
+
+_worker_encoder: Encoder | None = None  # each worker process's own
+
+
+def _start_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    from tokenizers import Tokenizer
+
+    global _worker_encoder
+    # One thread per process (read when tokenizers starts its thread pool, at the first batch): the
+    # processes are the parallelism, and more threads would only compete for the same cores.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    _worker_encoder = Encoder(Tokenizer.from_str(tokenizer_json), eos_id, np.dtype(dtype))
+
+
+def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    return _worker_encoder(texts)
+
+
+def encoded_batches(
+    batches: Iterator[list[str]], encoder: Encoder, num_proc: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """encoder(batch) for every batch, in order: in this process, or over num_proc worker processes."""
+    if num_proc == 1:
+        yield from map(encoder, batches)
+        return
+    # spawn: a forked child would inherit the threads of `datasets` and pyarrow in whatever state they are.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        num_proc,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(encoder.tok.to_str(), encoder.eos_id, encoder.dtype.str),
+    ) as pool:
+        pending = deque()
+        for texts in batches:
+            pending.append(pool.submit(_encode_in_worker, texts))
+            if len(pending) >= 2 * num_proc:  # enough queued to keep every worker busy; memory stays bounded
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def tokenize_to_stream(sources: list[Source], encoder: Encoder, out_path: Path, num_proc: int = 1) -> TokenizeStats:
     """Pass 1: every document's ids followed by EOS, one flat stream in `out_path`."""
     from tqdm import tqdm
 
@@ -203,16 +143,24 @@ def tokenize_to_stream(sources: list[Source], tok: Tokenizer, eos_id: int, dtype
     start = time.perf_counter()
     tty = sys.stderr.isatty()
     # Shown after a second (a bad input fails before, with its one line alone); every 30 s in a log file.
-    with open(out_path, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr,
-                                           delay=1, mininterval=0.5 if tty else 30, dynamic_ncols=True) as bar:
-        for texts in encode_batches(read_documents(sources)):
-            ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
-            doc_lengths = np.fromiter((len(i) + 1 for i in ids), dtype=np.int64, count=len(ids))
-            tokens = np.fromiter(chain.from_iterable(chain(i, (eos_id,)) for i in ids), dtype=dtype,
-                                 count=int(doc_lengths.sum()))
+    with (
+        open(out_path, "wb") as out,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="prepare",
+            file=sys.stderr,
+            delay=1,
+            mininterval=0.5 if tty else 30,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        for tokens, doc_lengths, batch_bytes in encoded_batches(
+            encode_batches(read_documents(sources)), encoder, num_proc
+        ):
             tokens.tofile(out)
             lengths.append(doc_lengths)
-            batch_bytes = sum(len(t.encode("utf-8")) for t in texts)
             num_bytes += batch_bytes
             num_tokens += len(tokens)
             bar.set_postfix_str(f"{num_tokens / (time.perf_counter() - start) / 1e6:.2f}M tokens/s", refresh=False)
@@ -220,18 +168,25 @@ def tokenize_to_stream(sources: list[Source], tok: Tokenizer, eos_id: int, dtype
     return TokenizeStats(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), num_bytes)
 
 
-def choose_val_docs(num_docs: int, val_fraction: float, val_docs: int | None, seed: int) -> np.ndarray:
-    """Boolean mask of the documents held out for validation: a seeded random choice of whole documents."""
+def choose_val_docs(
+    num_docs: int, val_fraction: float, val_docs: int | None, seed: int, shard_index: int = 0
+) -> np.ndarray:
+    """Boolean mask of the documents held out for validation: a choice of whole documents seeded by (seed, shard).
+
+    (Shard 0 is seeded by [seed, 0], which numpy reads as plain `seed`: an unsharded run's choice.)
+    """
     if val_docs is not None:
         count = val_docs
     else:
         count = max(1, round(val_fraction * num_docs)) if val_fraction > 0 else 0
     if count >= num_docs:
-        raise UserError(f"--val-{'docs' if val_docs is not None else 'fraction'}: {count} validation documents"
-                        f" would leave no training data ({num_docs} documents in the inputs"
-                        + ("; --txt-mode paragraph splits .txt files into more)" if num_docs < 3 else ")"))
+        raise UserError(
+            f"--val-{'docs' if val_docs is not None else 'fraction'}: {count} validation documents"
+            f" would leave no training data ({num_docs} documents in the inputs"
+            + ("; --txt-mode paragraph splits .txt files into more)" if num_docs < 3 else ")")
+        )
     mask = np.zeros(num_docs, dtype=bool)
-    mask[np.random.default_rng(seed).choice(num_docs, size=count, replace=False)] = True
+    mask[np.random.default_rng([seed, shard_index]).choice(num_docs, size=count, replace=False)] = True
     return mask
 
 
@@ -241,78 +196,174 @@ def split_chunks(stream: np.ndarray, doc_lengths: np.ndarray, keep: np.ndarray) 
     starts = ends - doc_lengths
     edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.astype(np.int8), [0]))))
     for first, stop in zip(edges[::2], edges[1::2]):
-        yield stream[starts[first]:ends[stop - 1]]
+        yield stream[starts[first] : ends[stop - 1]]
 
 
-def write_splits(folder: Path, doc_lengths: np.ndarray, is_val: np.ndarray, dtype: np.dtype, vocab_size: int,
-                 fingerprint: str) -> None:
-    """Pass 2: folder/train.bin and folder/val.bin out of folder/stream, each verified in full."""
-    from smollm2.data import verify_token_file, write_token_file
+def output_names(shard: tuple[int, int] | None) -> tuple[str, str]:
+    """The train and val file names this run writes."""
+    from smollm2.data import shard_name
 
-    stream = np.memmap(folder / "stream", dtype=dtype, mode="r")
-    for split, keep in (("train", ~is_val), ("val", is_val)):
-        path = folder / f"{split}.bin"
-        write_token_file(path, split_chunks(stream, doc_lengths, keep), vocab_size=vocab_size,
-                         tokenizer_fingerprint=fingerprint, num_docs=int(keep.sum()))
-        verify_token_file(path, vocab_size)  # read back in full before it is renamed into place
+    return ("train.bin", "val.bin") if shard is None else (shard_name("train", *shard), shard_name("val", *shard))
 
 
-def prepare(inputs: list[str], tokenizer: str | Path, out_dir: str | Path, *, text_field: str = "text",
-            val_fraction: float = 0.005, val_docs: int | None = None, seed: int = 0, txt_mode: str = "file") -> str:
-    """Write out_dir/{train.bin,val.bin,tokenizer.json}; returns the one-line summary."""
+def check_out_dir(out_dir: Path, shard: tuple[int, int] | None) -> None:
+    """Refuse an --out folder holding token files of another layout: the trainer could not tell which to read."""
+    from smollm2.data import shard_name, split_layouts
+
+    layout = 0 if shard is None else shard[1]
+    for split, name in zip(("train", "val"), output_names(shard)):
+        other = sorted(count for count in split_layouts(out_dir, split) if count != layout)
+        if other:
+            found = f"{split}.bin" if other[0] == 0 else shard_name(split, 0, other[0]) + "..."
+            raise UserError(
+                f"--out {out_dir}: holds {found}, and this run writes {name}: a folder holds one prepared"
+                " dataset (use another folder, or remove those files)"
+            )
+
+
+def write_splits(
+    stream_path: Path,
+    out_dir: Path,
+    shard: tuple[int, int] | None,
+    doc_lengths: np.ndarray,
+    is_val: np.ndarray,
+    dtype: np.dtype,
+    vocab_size: int,
+    fingerprint: str,
+) -> None:
+    """Pass 2: the val and then the train file out of the stream, each verified in full before it takes its name."""
+    from smollm2.data import write_token_file
+
+    stream = np.memmap(stream_path, dtype=dtype, mode="r")
+    train_name, val_name = output_names(shard)
+    for name, keep in ((val_name, is_val), (train_name, ~is_val)):
+        write_token_file(
+            out_dir / name,
+            split_chunks(stream, doc_lengths, keep),
+            vocab_size=vocab_size,
+            tokenizer_fingerprint=fingerprint,
+            num_docs=int(keep.sum()),
+            verify=True,
+        )
+
+
+def prepare(
+    inputs: list[str],
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    *,
+    text_field: str = "text",
+    val_fraction: float = 0.005,
+    val_docs: int | None = None,
+    seed: int = 0,
+    txt_mode: str = "file",
+    num_proc: int = 1,
+    shard: tuple[int, int] | None = None,
+) -> str:
+    """Write out_dir/{train.bin,val.bin,tokenizer.json} (or this shard's files); returns the one-line summary.
+
+    num_proc: tokenizer processes (1: this process, on the threads tokenizers is allowed).
+    """
     from smollm2.data import token_dtype
     from smollm2.tokenizer import eos_token_id, load_tokenizer, tokenizer_file, tokenizer_fingerprint
 
     start = time.perf_counter()
+    out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="smollm2-prepare-") as cache:  # datasets' lock files
         # Inputs first: a wrong path or an offline hub fails before anything is loaded or created.
-        sources = open_sources(inputs, text_field=text_field, txt_mode=txt_mode, cache_dir=cache)
+        sources = open_sources(inputs, text_field=text_field, txt_mode=txt_mode, cache_dir=cache, shard=shard)
         tok = load_tokenizer(tokenizer)
-        eos_id = eos_token_id(tok)
+        if out_dir.is_dir():
+            check_out_dir(out_dir, shard)
         vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
         dtype = token_dtype(vocab_size)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # The work folder sits inside out_dir so that the final renames stay on one file system.
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".prepare-") as tmp:
-            tmp = Path(tmp)
-            stats = tokenize_to_stream(sources, tok, eos_id, dtype, tmp / "stream")
-            num_docs = len(stats.doc_lengths)
-            if num_docs == 0:
-                raise UserError(f"{', '.join(inputs)}: no documents (every text is empty)")
-            is_val = choose_val_docs(num_docs, val_fraction, val_docs, seed)
-            write_splits(tmp, stats.doc_lengths, is_val, dtype, vocab_size, tokenizer_fingerprint(tok))
-            shutil.copyfile(tokenizer_file(tokenizer), tmp / "tokenizer.json")
-            for name in ("train.bin", "val.bin", "tokenizer.json"):
-                os.replace(tmp / name, out_dir / name)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # The work folder sits inside out_dir: the stream is as large as the outputs, and /tmp may be small.
+            with tempfile.TemporaryDirectory(dir=out_dir, prefix=".prepare-") as tmp:
+                stream = Path(tmp) / "stream"
+                stats = tokenize_to_stream(sources, Encoder(tok, eos_token_id(tok), dtype), stream, num_proc)
+                num_docs = len(stats.doc_lengths)
+                if num_docs == 0:
+                    raise UserError(f"{', '.join(inputs)}: no documents (every text is empty)")
+                is_val = choose_val_docs(num_docs, val_fraction, val_docs, seed, 0 if shard is None else shard[0])
+                # Of the shards of one corpus (the same tokenizer), shard 0 writes it: one writer, so two machines
+                # never write the same temporary file on a shared file system.
+                if shard is None or shard[0] == 0:
+                    tokenizer_json = tokenizer_file(tokenizer)
+                    write_atomic(out_dir / "tokenizer.json", lambda tmp_path: shutil.copyfile(tokenizer_json, tmp_path))
+                write_splits(
+                    stream, out_dir, shard, stats.doc_lengths, is_val, dtype, vocab_size, tokenizer_fingerprint(tok)
+                )
+        except OSError as exc:  # a full disk, an unwritable folder: nothing half-written is left as output
+            if exc.filename and not str(exc.filename).startswith(str(out_dir)):
+                raise  # reading an input, not writing the output
+            raise write_failed(out_dir, exc) from None
     seconds = time.perf_counter() - start
     num_val = int(is_val.sum())
     val_tokens = int(stats.doc_lengths[is_val].sum())
     total = int(stats.doc_lengths.sum())
-    return (f"prepare: {num_docs} docs, {total} tokens (train {total - val_tokens} tokens / {num_docs - num_val}"
-            f" docs, val {val_tokens} tokens / {num_val} docs) from {stats.num_bytes / 1e6:.2f} MB in"
-            f" {seconds:.1f} s: {stats.num_bytes / 1e6 / seconds:.2f} MB/s, {total / seconds / 1e6:.3f}M tokens/s"
-            f" -> {out_dir}")
+    return (
+        f"prepare: {num_docs} docs, {total} tokens (train {total - val_tokens} tokens / {num_docs - num_val}"
+        f" docs, val {val_tokens} tokens / {num_val} docs) from {stats.num_bytes / 1e6:.2f} MB in"
+        f" {seconds:.1f} s: {stats.num_bytes / 1e6 / seconds:.2f} MB/s, {total / seconds / 1e6:.3f}M tokens/s"
+        f" -> {out_dir}" + ("" if shard is None else f" ({', '.join(output_names(shard))})")
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help=".txt/.jsonl/.json/.parquet files (.gz too), folders or globs of them, a dataset saved"
-                             " with save_to_disk, or a Hugging Face Hub dataset name")
-    parser.add_argument("--tokenizer", required=True, metavar="FILE_OR_DIR",
-                        help="tokenizer.json or a folder holding one")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="writes DIR/train.bin, DIR/val.bin, DIR/tokenizer.json")
-    parser.add_argument("--text-field", default="text",
-                        help="field holding the document text (jsonl/json/parquet/datasets)")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help=".txt/.jsonl/.json/.parquet files (.gz too), folders or globs of them, a dataset saved"
+        " with save_to_disk, or a Hugging Face Hub dataset name",
+    )
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="FILE_OR_DIR", help="tokenizer.json or a folder holding one"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="writes DIR/train.bin, DIR/val.bin, DIR/tokenizer.json"
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="field holding the document text (jsonl/json/parquet/datasets)"
+    )
     val = parser.add_mutually_exclusive_group()
-    val.add_argument("--val-fraction", type=float, default=0.005,
-                     help="fraction of documents held out for validation (at least one when > 0)")
+    val.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.005,
+        help="fraction of documents held out for validation (at least one when > 0)",
+    )
     val.add_argument("--val-docs", type=int, help="exact number of documents held out for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation document choice")
-    parser.add_argument("--num-proc", type=int, help="tokenizer threads (default: all cores of this process)")
-    parser.add_argument("--txt-mode", choices=["file", "paragraph"], default="file",
-                        help=".txt files: one document per file (default), or per blank-line-separated paragraph")
+    parser.add_argument(
+        "--num-proc",
+        type=int,
+        metavar="N",
+        help="processes that tokenize, one thread each (default: one per core); the output does not depend on it",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="prepare only the I-th (from 0) of N contiguous slices of the input files, into"
+        " DIR/train-0000I-of-0000N.bin and val-...: N machines prepare one corpus"
+        " (launch/slurm/prepare_array.sbatch); the trainer reads the shards as one dataset",
+    )
+    parser.add_argument(
+        "--txt-mode",
+        choices=["file", "paragraph"],
+        default="file",
+        help=".txt files: one document per file (default), or per blank-line-separated paragraph",
+    )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 0 <= int(match[1]) < int(match[2]) <= 99999:
+        raise UserError(f"--shard {text}: expected I/N with 0 <= I < N <= 99999, e.g. 3/64")
+    return int(match[1]), int(match[2])
 
 
 def run(args: argparse.Namespace) -> None:
@@ -322,8 +373,23 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--val-docs {args.val_docs}: expected a number >= 0")
     if args.num_proc is not None and args.num_proc < 1:
         raise UserError(f"--num-proc {args.num_proc}: expected a number >= 1")
-    # tokenizers' thread pool reads this when it starts, at the first encode_batch of this process.
+    shard = None if args.shard is None else parse_shard(args.shard)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    os.environ["RAYON_NUM_THREADS"] = str(args.num_proc or cores)
-    print(prepare(args.input, args.tokenizer, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
-                  val_docs=args.val_docs, seed=args.seed, txt_mode=args.txt_mode))
+    num_proc = args.num_proc or cores
+    if num_proc == 1:
+        # Tokenizing in this process: on one thread (tokenizers' pool reads this at its first batch).
+        os.environ["RAYON_NUM_THREADS"] = "1"
+    print(
+        prepare(
+            args.input,
+            args.tokenizer,
+            args.out,
+            text_field=args.text_field,
+            val_fraction=args.val_fraction,
+            val_docs=args.val_docs,
+            seed=args.seed,
+            txt_mode=args.txt_mode,
+            num_proc=num_proc,
+            shard=shard,
+        )
+    )

@@ -52,7 +52,8 @@ class StopSignals:
         return int(flag)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn: the trainer decides when to stop, and stops its workers itself."""
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """SIGTERM and SIGUSR1 do nothing from now on. The DataLoader's worker_init_fn: the trainer decides when
+    to stop, and stops its workers itself."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -125,8 +125,8 @@ def build_bpe_tokenizer(
 
 
 def _train(args: argparse.Namespace) -> None:
+    from smollm2.corpus import open_sources, read_documents
     from smollm2.hf import save_hf_tokenizer
-    from smollm2.prepare import open_sources, read_documents
 
     start = time.perf_counter()
     num_bytes = 0

@@ -160,3 +160,41 @@ def test_bench_cli_rejects_bad_flags(tmp_path):
     )
     assert result.returncode == 2
     assert "--baseline-micro-batch 128,x: expected positive integers" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_cli_varies_document_masking(hamlet_paragraphs_data, tmp_path):
+    """`--vary model.document_masking=false,true`: both rows, and how many documents a block holds."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        smollm2_cmd(
+            "bench",
+            "--config",
+            ROOT / "configs/tiny.yaml",
+            "--set",
+            f"data.path={hamlet_paragraphs_data}",
+            "model.vocab_size=512",
+            "train.micro_batch_size=2",
+            "train.global_batch_size=2",
+            "data.num_workers=0",
+            "--vary",
+            "model.document_masking=false,true",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            out,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    unmasked, masked = json.loads(out.read_text())["results"]
+    assert (unmasked["document_masking"], masked["document_masking"]) == (False, True)
+    assert unmasked["documents_per_block"] is None
+    # Hamlet's paragraphs are a few dozen tokens: several documents in every 128-token block.
+    assert 2 < masked["documents_per_block"] < 128
+    assert 4.0 < masked["loss"] < 8.0
+    assert f"document masking, {masked['documents_per_block']:.2f} documents per block" in result.stdout

@@ -26,7 +26,7 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_shipped_configs_load(path, world_size):
     config = load_config(path, world_size=world_size)
-    assert config.train.max_steps > 0 and config.data.path and config.train.out_dir
+    assert config.train.max_steps > 0 and (config.data.path or config.data.sources) and config.train.out_dir
 
 
 def test_135m_config_is_the_smollm2_recipe():

@@ -75,8 +75,8 @@ def test_eval_verb_reproduces_the_runs_eval(zero3_run, tiny_data):
     )
     run_eval = read_rows(zero3_run, "eval_loss")[-1]
     assert (
-        f"(step 6): val loss {run_eval['eval_loss']:.4f}, ppl {run_eval['eval_ppl']:.2f} over {EVAL_BLOCKS} blocks"
-        in result.stdout
+        f"(step 6): val loss {run_eval['eval_loss']:.4f}, ppl {run_eval['eval_ppl']:.2f} over the first "
+        f"{EVAL_BLOCKS} blocks of {tiny_data}" in result.stdout
     )
     samples = [json.loads(line) for line in (zero3_run / "samples.jsonl").read_text().splitlines()]
     for sample in samples:  # the same generator seed and weights: the same samples

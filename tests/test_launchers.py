@@ -5,11 +5,11 @@
   every scalar of docs/design.md and the generation samples.
 - DeepSpeed's no-ssh multi-node route, two "nodes" on this machine started separately: ranks 0 and 1 of 2
   meet at the rendezvous (a probe stands in for the trainer).
-- The SLURM scripts, with stand-ins for srun/scontrol/deepspeed (no SLURM here): what they run, and the
-  requeue on the time-limit signal.
+- The SLURM scripts, with stand-ins for srun/scontrol/deepspeed (fast; tests/test_slurm.py runs a real
+  cluster): what they run, and the requeue on the time-limit signal.
 """
-import json
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -151,8 +151,9 @@ def test_launch_script_without_a_config_prints_its_usage(script, usage):
     assert out.returncode == 2 and f"launch/{script} {usage} [--set" in out.stderr, out.stderr
 
 
-# SLURM is not installed here: srun, scontrol and deepspeed are stand-ins that record how the sbatch
-# scripts call them (srun runs `bash -c` commands as task 1 of a 2-node job, like the second node would).
+# Fast checks of the sbatch scripts' own logic, without a cluster (tests/test_slurm.py submits them to a real
+# one): srun, scontrol and deepspeed are stand-ins that record how the scripts call them (srun runs `bash -c`
+# commands as task 1 of a 2-node job, like the second node would).
 FAKE_SRUN = """#!/bin/bash
 printf '%s\\n' "$@" > "$FAKE_LOG/srun.args"
 printf 'MASTER_ADDR=%s\\nMASTER_PORT=%s\\n' "${MASTER_ADDR:-}" "${MASTER_PORT:-}" > "$FAKE_LOG/srun.env"

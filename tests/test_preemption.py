@@ -236,7 +236,11 @@ def test_fit_stops_its_dataloader_workers_when_training_fails():
     """They ignore SIGTERM, with which Python's exit ends them: unless fit does, a failed job hangs at exit."""
 
     class FailingTrainer:  # what Trainer.fit uses of its trainer
-        config = SimpleNamespace(train=SimpleNamespace(stop_at=None, max_steps=10))
+        config = SimpleNamespace(
+            train=SimpleNamespace(stop_at=None, max_steps=10), eval=SimpleNamespace(at_start=False)
+        )
+        data = SimpleNamespace(mixture=SimpleNamespace(summary_lines=lambda max_steps: []))
+        watchdog = contextlib.nullcontext()
 
         def _print_header(self, stop):
             pass
@@ -254,7 +258,7 @@ def test_fit_stops_its_dataloader_workers_when_training_fails():
     trainer = FailingTrainer()
     try:
         with pytest.raises(ValueError, match="a failed step"):
-            Trainer.fit(trainer)
+            Trainer.fit(trainer, StopSignals())
         assert not trainer.iterator._workers[0].is_alive()
     finally:
         trainer.iterator._shutdown_workers()  # else this test's own exit would hang on a failure

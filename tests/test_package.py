@@ -93,7 +93,9 @@ def test_code_cites_only_files_of_this_repository():
     outside = ["hf_baseline", "cpu-feasibility", "../shared", "shared/notes"]
     for name in tracked:
         text = (ROOT / name).read_text(errors="replace")
+        if name == "tests/test_package.py":
+            continue  # names them, to look for them
         for word in outside:
-            assert word not in text or name == "tests/test_package.py", f"{name} cites {word}"
+            assert word not in text, f"{name} cites {word}"
         assert "design.md" not in text.replace("docs/design.md", ""), f"{name} cites a design.md outside docs/"
     assert (ROOT / "docs" / "design.md").is_file()

@@ -1,7 +1,9 @@
 """Exact resume: N steps straight and N/2 + resume N/2 log bit-identical losses (2 processes, accumulation 2).
 
 ZeRO 1 goes through `train.stop_at` and `--resume auto` in the same run directory; ZeRO 2 and 3 resume
-(`--resume PATH`) from the mid-run checkpoint of the straight run into a new directory.
+(`--resume PATH`) from the mid-run checkpoint of the straight run into a new directory. The same
+checkpoints resumed on another number of ranks (1, 3) or another ZeRO stage go through DeepSpeed's
+universal format and match to float tolerance.
 """
 
 import pytest
@@ -125,6 +127,22 @@ def test_resume_on_another_world_size_or_zero_stage(
         # A wrong AdamW moment, step count or weight decay moves these by 1e-3 or more within 4 steps.
         assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-5), step
         assert grad_norm == pytest.approx(want_norm, rel=1e-4), step
+
+
+@pytest.mark.slow
+def test_resume_on_more_ranks_than_wrote_it(tiny_data, tmp_path):
+    """ZeRO 2 on 2 ranks, resumed on 3 (a global batch of 12: accumulation 3, then 2)."""
+    common = [f"data.path={tiny_data}", f"train.max_steps={STEPS}", "eval.eval_every=0", "deepspeed.zero_stage=2",
+              "train.global_batch_size=12"]  # fmt: skip
+    straight = tmp_path / "straight"
+    run_train(2, *common, f"train.out_dir={straight}", f"checkpoint.save_every={STEPS // 2}")
+    resumed = tmp_path / "resumed"
+    result = run_train(3, *common, f"train.out_dir={resumed}",
+                       resume=str(straight / "checkpoints" / f"step_{STEPS // 2:08d}"))  # fmt: skip
+    assert "3 rank(s)" in result.stdout and "universal format" in result.stdout, result.stdout[-2000:]
+    got, want = losses(resumed), losses(straight)[STEPS // 2 :]
+    assert [(step, lr) for step, _, lr, _ in got] == [(step, lr) for step, _, lr, _ in want]
+    assert [loss for _, loss, _, _ in got] == pytest.approx([loss for _, loss, _, _ in want], rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -81,7 +81,9 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_kill_9_of_one_rank_mid_step_then_the_same_command_resumes(tiny_data, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    job = start(run_dir, tiny_data)
+    # The save of step 6 is held 30 s, so the run cannot have finished when rank 1 dies: on an idle machine
+    # the last steps of this tiny run otherwise went by before the kill, and the job ended complete.
+    job = start(run_dir, tiny_data, SMOLLM2_FAULT_SAVE_DELAY_S="30", SMOLLM2_FAULT_SAVE_DELAY_STEPS="6")
     try:
         wait_until(lambda: (run_dir / "metrics.jsonl").exists() and len(read_rows(run_dir, "loss")) >= 5, job)
         ranks(job)[1].kill()

@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from smollm2.errors import UserError
+from smollm2.errors import RunFailed, UserError
 
 DATASHEET_TFLOPS_CUDA = 989.0  # H100/H200 SXM dense bf16; --datasheet-tflops for other GPUs
 
@@ -213,6 +213,12 @@ def run_trainer(
             optimizer_step, trainer.device, trainer.accumulation, warmup, steps, after_warmup=start_timing
         )
         timed = window
+        skipped = steps - timed.micro_batches // trainer.accumulation
+        if skipped:
+            raise SkippedSteps(
+                f"{skipped} of {steps} timed steps were skipped (non-finite loss or gradients): "
+                "not the time of a training step"
+            )
         timing.data_wait_ms = 1e3 * timed.data_wait / steps
         communication_ms = None
         if profile_to is not None:
@@ -332,19 +338,27 @@ def result_row(
     }
 
 
+class SkippedSteps(Exception):
+    """The stability guard skipped a timed step: the time measured is not that of a training step."""
+
+
 def measure_or_note(
     name: str,
     bench: Callable[[], dict[str, Any]],
     errors: list[dict[str, Any]],
 ) -> dict[str, Any] | None:
-    """bench()'s row; running out of GPU memory is a result too (in a table of memory settings): noted in
-    `errors`. Either way the memory is given back before the next one."""
+    """bench()'s row; running out of GPU memory (in a table of memory settings) or training on non-finite
+    values (a kernel option that breaks the numerics) is a result too: noted in `errors`. Either way the
+    memory is given back before the next one."""
     import torch
 
     try:
         return bench()
     except torch.cuda.OutOfMemoryError:
         errors.append({"name": name, "error": "CUDA out of memory"})
+        return None
+    except SkippedSteps as exc:
+        errors.append({"name": name, "error": str(exc)})
         return None
     finally:
         release_memory()
@@ -458,7 +472,8 @@ def run(args: argparse.Namespace) -> int:
             )
             trainer_rows += finished(row and {**row, "name": name})
         if not trainer_rows:
-            raise RuntimeError(f"every configuration ran out of memory: {errors}")
+            failures = "; ".join(f"{e['name']}: {e['error']}" for e in errors)
+            raise RunFailed(f"no configuration gave a timing: {failures}")
         baselines = []
         if args.baseline:
             # As many micro-batches as the trainer's steps (it steps the optimizer after each one).

@@ -1,6 +1,7 @@
 """`smollm2 bench` on CPU: the real trainer's step on real (tiny) data, the baseline, the JSON it writes."""
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -198,3 +199,34 @@ def test_bench_cli_varies_document_masking(hamlet_paragraphs_data, tmp_path):
     assert 2 < masked["documents_per_block"] < 128
     assert 4.0 < masked["loss"] < 8.0
     assert f"document masking, {masked['documents_per_block']:.2f} documents per block" in result.stdout
+
+
+def test_bench_refuses_a_timing_of_skipped_steps(hamlet_paragraphs_data, tmp_path):
+    """A timed step that the stability guard skipped (a NaN loss: a kernel option that breaks the numerics)
+    is no time of a training step: the bench says so in one line instead of dividing by zero."""
+    result = subprocess.run(
+        smollm2_cmd(
+            "bench",
+            "--config",
+            ROOT / "configs/tiny.yaml",
+            "--set",
+            f"data.path={hamlet_paragraphs_data}",
+            "model.vocab_size=512",
+            "train.micro_batch_size=2",
+            "train.global_batch_size=2",
+            "data.num_workers=0",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SMOLLM2_FAULT_NAN_STEPS": "3"},
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "smollm2 bench: stopped: no configuration gave a timing: trainer: 1 of 2 timed steps were skipped "
+        "(non-finite loss or gradients): not the time of a training step"
+    )

@@ -236,7 +236,12 @@ def test_deepspeed_config_from_ours(tmp_path):
     assert ds["gradient_clipping"] == 1.0 and ds["steps_per_print"] == 5
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds
     # file merged, then `overrides`
-    assert ds["zero_optimization"] == {"stage": 3, "memory_efficient_linear": False, "overlap_comm": True}
+    assert ds["zero_optimization"] == {
+        "stage": 3,
+        "memory_efficient_linear": False,
+        "stage3_param_persistence_threshold": 1_000_000,
+        "overlap_comm": True,
+    }
     assert ds["timers"] == {"throughput": {"enabled": False}}  # no device sync at every forward and step
 
 

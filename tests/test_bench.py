@@ -163,33 +163,27 @@ def test_bench_cli_rejects_bad_flags(tmp_path):
     assert "--baseline-micro-batch 128,x: expected positive integers" in result.stderr
 
 
+def tiny_bench(data: Path, *flags, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`smollm2 bench` of configs/tiny.yaml on `data` at micro-batch 2, no accumulation, with `flags` after."""
+    tiny = ["model.vocab_size=512", "train.micro_batch_size=2", "train.global_batch_size=2", "data.num_workers=0"]
+    cmd = smollm2_cmd("bench", "--config", ROOT / "configs/tiny.yaml", "--set", f"data.path={data}", *tiny, *flags)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
 @pytest.mark.slow
 def test_bench_cli_varies_document_masking(hamlet_paragraphs_data, tmp_path):
     """`--vary model.document_masking=false,true`: both rows, and how many documents a block holds."""
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        smollm2_cmd(
-            "bench",
-            "--config",
-            ROOT / "configs/tiny.yaml",
-            "--set",
-            f"data.path={hamlet_paragraphs_data}",
-            "model.vocab_size=512",
-            "train.micro_batch_size=2",
-            "train.global_batch_size=2",
-            "data.num_workers=0",
-            "--vary",
-            "model.document_masking=false,true",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--out",
-            out,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = tiny_bench(
+        hamlet_paragraphs_data,
+        "--vary",
+        "model.document_masking=false,true",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        out,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     unmasked, masked = json.loads(out.read_text())["results"]
@@ -201,30 +195,11 @@ def test_bench_cli_varies_document_masking(hamlet_paragraphs_data, tmp_path):
     assert f"document masking, {masked['documents_per_block']:.2f} documents per block" in result.stdout
 
 
-def test_bench_refuses_a_timing_of_skipped_steps(hamlet_paragraphs_data, tmp_path):
+@pytest.mark.slow
+def test_bench_refuses_a_timing_of_skipped_steps(hamlet_paragraphs_data):
     """A timed step that the stability guard skipped (a NaN loss: a kernel option that breaks the numerics)
     is no time of a training step: the bench says so in one line instead of dividing by zero."""
-    result = subprocess.run(
-        smollm2_cmd(
-            "bench",
-            "--config",
-            ROOT / "configs/tiny.yaml",
-            "--set",
-            f"data.path={hamlet_paragraphs_data}",
-            "model.vocab_size=512",
-            "train.micro_batch_size=2",
-            "train.global_batch_size=2",
-            "data.num_workers=0",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "SMOLLM2_FAULT_NAN_STEPS": "3"},
-    )
+    result = tiny_bench(hamlet_paragraphs_data, "--steps", "2", "--warmup", "1", env={"SMOLLM2_FAULT_NAN_STEPS": "3"})
     assert result.returncode == 3, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
         "smollm2 bench: stopped: no configuration gave a timing: trainer: 1 of 2 timed steps were skipped "

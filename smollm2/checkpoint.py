@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +161,11 @@ def _unreadable(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Checkpoint, str | None]]:
-    """Every step_* checkpoint of a run, newest first, each with checkpoint_problem's verdict."""
+def _run_checkpoint_folders(run_dir: str | os.PathLike) -> tuple[list[Checkpoint], int | None]:
+    """Every step_* checkpoint folder of a run, newest first, and the step `latest` names (None: none)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
-        return []
+        return [], None
     latest_step = None
     if (root / LATEST).is_file():
         latest = TAG_PATTERN.fullmatch((root / LATEST).read_text().strip())
@@ -175,7 +175,15 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Checkpoint, str | 
         key=checkpoint_step,
         reverse=True,
     )
-    return [(checkpoint, checkpoint_problem(checkpoint, latest_step)) for checkpoint in checkpoints]
+    return checkpoints, latest_step
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> Iterator[tuple[Checkpoint, str | None]]:
+    """Every step_* checkpoint of a run, newest first, each with checkpoint_problem's verdict. Lazily: a
+    verdict reads every byte of its checkpoint, so a caller that stops at the first good one reads no other."""
+    checkpoints, latest_step = _run_checkpoint_folders(run_dir)
+    for checkpoint in checkpoints:
+        yield checkpoint, checkpoint_problem(checkpoint, latest_step)
 
 
 def latest_good_checkpoint(
@@ -226,7 +234,7 @@ def resolve_resume(
     if resume == "auto":
         return latest_good_checkpoint(run_dir, report)
     if resume == "never":
-        if run_checkpoints(run_dir):
+        if _run_checkpoint_folders(run_dir)[0]:
             raise UserError(
                 f"--resume never: {run_dir} already has checkpoints; use --resume auto to continue "
                 "it, or another train.out_dir"
@@ -471,6 +479,7 @@ def _loadable_by_every_stage(universal: Path) -> None:
     optimizer_state.pt; stage 3 reads flat tensors or that dict, and one step and the parameter groups from
     optimizer_state.pt's torch-optimizer state. Add whatever is missing, so that any stage loads it."""
     zero = universal / "zero"
+
     # The converter's own files, loaded the way DeepSpeed loads them.
     def load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -243,7 +243,8 @@ class SmolLM2Attention(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, LayerCache | None]:
         """`attention_mask`: None (plain causal), bool [B, 1, L, past + L] (True = may attend), or the
-        document mask as a FlexAttention BlockMask (no cache then)."""
+        document mask (no cache then): bool, or a FlexAttention BlockMask, of the first n <= B rows; the
+        rows after those attend causally."""
         batch, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
@@ -253,21 +254,32 @@ class SmolLM2Attention(nn.Module):
             k = torch.cat([past_key_value[0], k], dim=2)
             v = torch.cat([past_key_value[1], v], dim=2)
         present = (k, v) if use_cache else None
+        if attention_mask is not None and attention_mask.shape[0] < batch:
+            # Document masking covers the first rows only; the rest hold one document each (_document_mask).
+            mixed_rows = attention_mask.shape[0]
+            masked = self._attend(q[:mixed_rows], k[:mixed_rows], v[:mixed_rows], attention_mask)
+            out = torch.cat([masked, self._attend(q[mixed_rows:], k[mixed_rows:], v[mixed_rows:], None)])
+        else:
+            out = self._attend(q, k, v, attention_mask)
+        out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
+        return self.o_proj(out), present
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | BlockMask | None
+    ) -> torch.Tensor:
         # Without a mask, the model only calls us with no cache (causal) or one new token (sees everything).
         if attention_mask is None:
             # SDPA takes the KV heads as they are (enable_gqa) instead of repeat_kv's copies: 1 % faster and
             # 2.8 GiB less at micro-batch 128 on an H200 (bench/RESULTS.md).
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=seq_len > 1, enable_gqa=self.num_key_value_groups > 1
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=q.shape[2] > 1, enable_gqa=self.num_key_value_groups > 1
             )
-        elif isinstance(attention_mask, BlockMask):  # document masking on CUDA: skips other documents' keys
-            out = ops.flex_attention(q, k, v, attention_mask, enable_gqa=self.num_key_value_groups > 1)
-        else:  # boolean masks (padding; document masking on CPU): the masked kernels want every head's K and V
-            k = repeat_kv(k, self.num_key_value_groups)
-            v = repeat_kv(v, self.num_key_value_groups)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-        out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
-        return self.o_proj(out), present
+        if isinstance(attention_mask, BlockMask):  # document masking on CUDA: skips other documents' keys
+            return ops.flex_attention(q, k, v, attention_mask, enable_gqa=self.num_key_value_groups > 1)
+        # Boolean masks (padding; document masking on CPU): the masked kernels want every head's K and V.
+        k = repeat_kv(k, self.num_key_value_groups)
+        v = repeat_kv(v, self.num_key_value_groups)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
 
 
 class SmolLM2DecoderLayer(nn.Module):
@@ -341,6 +353,14 @@ class SmolLM2Model(nn.Module):
     ) -> tuple[torch.Tensor, tuple[LayerCache, ...] | None]:
         batch, seq_len = input_ids.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+        mask = _attention_mask(attention_mask, batch, seq_len, past_len, input_ids.device)
+        restore_order = None
+        if self.config.document_masking and attention_mask is None and past_key_values is None and not use_cache:
+            # Positions keep counting across the documents of a block instead of restarting at each one:
+            # a rotary score depends on i - j only, so a document attended to alone scores the same
+            # wherever it sits (up to float rounding; tests/test_document_masking.py), and one [1, L]
+            # row of positions (cos/sin) serves every block, as without masking.
+            input_ids, restore_order, mask = _document_mask(input_ids, self.config.eos_token_id)
         hidden_states = self.embed_tokens(input_ids)
         if torch.is_autocast_enabled(input_ids.device.type):
             # The residual stream in the autocast dtype, as with bf16 weights: an fp32 stream would double
@@ -351,13 +371,6 @@ class SmolLM2Model(nn.Module):
             cos, sin = self.rotary_emb(hidden_states, past_len + seq_len)
         else:
             cos, sin = self.rotary_emb(hidden_states, int(position_ids.max()) + 1)
-        mask = _attention_mask(attention_mask, batch, seq_len, past_len, input_ids.device)
-        if self.config.document_masking and attention_mask is None and past_key_values is None and not use_cache:
-            # Positions keep counting across the documents of a block instead of restarting at each one:
-            # a rotary score depends on i - j only, so a document attended to alone scores the same
-            # wherever it sits (up to float rounding; tests/test_document_masking.py), and one [1, L]
-            # row of positions (cos/sin) serves every block, as without masking.
-            mask = _document_mask(input_ids, self.config.eos_token_id)
         checkpoint_every = self.checkpoint_every_n_layers if torch.is_grad_enabled() else 0
         presents = []
         for i, layer in enumerate(self.layers):
@@ -369,7 +382,10 @@ class SmolLM2Model(nn.Module):
             else:
                 hidden_states, present = layer(hidden_states, cos, sin, position_ids, mask, past, use_cache)
             presents.append(present)
-        return self.norm(hidden_states), (tuple(presents) if use_cache else None)
+        hidden_states = self.norm(hidden_states)
+        if restore_order is not None:
+            hidden_states = hidden_states.index_select(0, restore_order)
+        return hidden_states, (tuple(presents) if use_cache else None)
 
 
 def _attention_mask(
@@ -392,13 +408,30 @@ def _attention_mask(
     return mask.expand(batch, 1, seq_len, total)
 
 
-def _document_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor | BlockMask:
-    """The document-causal mask of packed blocks in the form its kernel takes: a FlexAttention BlockMask
-    where FlexAttention trains (CUDA), else the boolean mask for SDPA (CPU; the reference)."""
-    ids = document_ids(input_ids, eos_token_id)
-    if ops.flex_attention_supported(input_ids.device):
-        return ops.document_block_mask(ids)
-    return document_causal_mask(ids)
+def _document_mask(
+    input_ids: torch.Tensor, eos_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | BlockMask | None]:
+    """The rows of a packed micro-batch reordered so that those holding more than one document come first,
+    the order that restores them (None: already so), and those rows' document-causal mask (None: no such row).
+
+    Only those rows need the document mask; a row of one document is plain causal attention, whose kernel
+    is faster (cuDNN's against FlexAttention's on the same tiles: 3.15 against 4.25 ms at 64 x 2048 on an
+    H200, bench/RESULTS.md), and long documents leave most rows whole. The mask is a FlexAttention
+    BlockMask where FlexAttention trains (CUDA), else the boolean mask for SDPA (CPU; the reference). The
+    kernels' batch sizes depend on the documents, so this reads one bool a row back to the host.
+    """
+    several_documents = (document_ids(input_ids, eos_token_id)[:, -1] > 0).cpu()
+    mixed_rows = int(several_documents.sum())
+    restore_order = None
+    if not several_documents[:mixed_rows].all():
+        order = torch.argsort((~several_documents).to(torch.uint8), stable=True)
+        restore_order = torch.argsort(order).to(input_ids.device)
+        input_ids = input_ids.index_select(0, order.to(input_ids.device))
+    if mixed_rows == 0:
+        return input_ids, restore_order, None
+    ids = document_ids(input_ids[:mixed_rows], eos_token_id)
+    mask = ops.document_block_mask(ids) if ops.flex_attention_supported(input_ids.device) else document_causal_mask(ids)
+    return input_ids, restore_order, mask
 
 
 @dataclass

@@ -15,7 +15,8 @@
   (`model.document_masking`), the drop-in for SDPA with the boolean mask `model.document_causal_mask`.
   FlexAttention works on tiles of 128 x 128 query/key positions: the mask marks each tile empty (skipped:
   keys in earlier documents), full (no mask work) or partial: the shorter the documents, the fewer tiles
-  are computed, and a block of one document computes the tiles of plain causal attention.
+  are computed. Rows of one document skip it: plain causal SDPA is faster on the same tiles
+  (`model._document_mask` puts them after the others).
 
 Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it; FlexAttention
 only forward there: its CPU backward does not exist (torch 2.13), so the model trains on CPU with SDPA.
@@ -166,8 +167,10 @@ def _document_block_mask(document_ids: torch.Tensor) -> flex.BlockMask:
 def _compiled_document_block_mask() -> Callable[[torch.Tensor], flex.BlockMask]:
     # Eager, create_block_mask materializes the whole [B, L, L] boolean mask (256 MiB at 64 x 2048^2) and
     # reduces it per tile; compiled, inductor fuses the mask_mod into those reductions. The closure is
-    # made inside, so the only input is the tensor of document ids: a new batch does not recompile.
-    return torch.compile(_document_block_mask, dynamic=False)
+    # made inside, so the only input is the tensor of document ids: new documents do not recompile, and
+    # the number of rows (those holding several documents, model._document_mask) becomes dynamic at its
+    # second value (one recompile).
+    return torch.compile(_document_block_mask)
 
 
 def document_block_mask(document_ids: torch.Tensor) -> flex.BlockMask:

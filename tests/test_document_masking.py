@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention.flex_attention import create_mask
 
 from conftest import ROOT
-from smollm2 import ops
+from smollm2 import model, ops
 from smollm2.config import load_config
 from smollm2.errors import UserError
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM, document_causal_mask, document_ids
@@ -89,26 +89,54 @@ def test_masked_and_plain_differ_only_past_the_first_document():
 
 @pytest.mark.parametrize("checkpointing", [0, "selective"])
 def test_loss_and_gradients_equal_those_of_the_documents_alone(checkpointing):
-    """The training path (fused loss, `targets=`): block loss and gradients = token-weighted per-document ones."""
+    """The training path (fused loss, `targets=`): block loss and gradients = token-weighted per-document ones.
+
+    Rows of one document and rows of several are mixed in the batch, so the model reorders them (those of
+    several documents attend through the mask, first) and must give the hidden states back in input order.
+    """
     generator = torch.Generator().manual_seed(2)
-    lengths = [70, 120, 66]
-    inputs = torch.cat(documents(lengths, generator))
-    targets = torch.cat([inputs[1:], torch.tensor([EOS])])
+    rows = [[256], [70, 120, 66], [256], [40, 216], [255, 1]]
+    inputs = torch.stack([torch.cat(documents(lengths, generator)) for lengths in rows])
+    targets = torch.cat([inputs[:, 1:], torch.full((len(rows), 1), EOS)], dim=1)
     masked, plain = model_pair()
     masked.train()
     if checkpointing:
         masked.set_activation_checkpointing(1, selective=True)
-    loss = masked(inputs[None], targets=targets[None]).loss
+    loss = masked(inputs, targets=targets).loss
     loss.backward()
     expected = 0.0
-    for start, n in zip(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist(), lengths):
-        chunk = slice(start, start + n)
-        expected = expected + plain(inputs[None, chunk], targets=targets[None, chunk]).loss * n / len(inputs)
+    for row, lengths in enumerate(rows):
+        for start, n in zip(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist(), lengths):
+            chunk = slice(start, start + n)
+            doc_loss = plain(inputs[row : row + 1, chunk], targets=targets[row : row + 1, chunk]).loss
+            expected = expected + doc_loss * n / inputs.numel()
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
     for (name, got), want in zip(masked.named_parameters(), plain.parameters()):
         assert got.grad is not None and got.grad.abs().sum() > 0, name
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_rows_of_several_documents_attend_first_and_come_back_in_order():
+    """Only rows holding several documents get the mask; the logits come back in the input's row order."""
+    generator = torch.Generator().manual_seed(6)
+    rows = [[256], [100, 156], [256], [30, 30, 196]]
+    ids = torch.stack([torch.cat(documents(lengths, generator)) for lengths in rows])
+    reordered, restore, mask = model._document_mask(ids, EOS)
+    assert torch.equal(reordered, ids[[1, 3, 0, 2]]) and torch.equal(reordered[restore], ids)
+    assert torch.equal(mask, document_causal_mask(document_ids(ids[[1, 3]], EOS)))
+    masked, plain = model_pair()
+    with torch.no_grad():
+        logits = masked(ids).logits
+        for row in (0, 2):  # one document: exactly plain causal attention
+            torch.testing.assert_close(logits[row], plain(ids[row : row + 1]).logits[0], rtol=0, atol=1e-6)
+        for row in (1, 3):
+            alone = torch.cat([plain(doc[None]).logits[0] for doc in ids[row].split(rows[row])])
+            torch.testing.assert_close(logits[row], alone, rtol=0, atol=2e-5)
+    # Rows already in that order, and batches of one kind only, are not reordered.
+    assert model._document_mask(ids[[1, 0]], EOS)[1] is None
+    assert model._document_mask(ids[[0, 2]], EOS)[1:] == (None, None)
+    assert model._document_mask(ids[[1, 3]], EOS)[1] is None
 
 
 def test_generation_and_the_kv_cache_ignore_document_masking():
@@ -156,32 +184,50 @@ def test_flex_attention_path_equals_sdpa_on_cpu(lengths, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_flex_layers_do_not_recompile_for_new_documents(monkeypatch):
-    """As smollm2/engine.py compiles each decoder layer (and ops compiles the block mask on CUDA): a new
-    batch of other document boundaries reuses the compiled code (a BlockMask is a graph input)."""
+def test_compiled_flex_layers_recompile_once_for_new_documents(monkeypatch):
+    """As smollm2/engine.py compiles each decoder layer (and ops compiles the block mask on CUDA): new
+    document boundaries reuse the compiled code (a BlockMask is a graph input), and a new number of rows
+    holding several documents does once (that number becomes dynamic); none, one and all of the rows are
+    graphs of their own."""
     import torch._dynamo
 
     masked, _ = model_pair(num_hidden_layers=1)
     generator = torch.Generator().manual_seed(5)
-    batches = [torch.cat(documents(lengths, generator))[None] for lengths in ([40, 216], [100, 100, 56], [256])]
+    several = [[40, 216], [100, 100, 56], [3, 253], [128, 128], [255, 1]]
+
+    def batch(mixed):  # 5 rows, `mixed` of them holding several documents, after those of one
+        rows = [[256]] * (5 - mixed) + several[:mixed]
+        return torch.stack([torch.cat(documents(lengths, generator)) for lengths in rows])
+
+    batches = [batch(mixed) for mixed in (2, 3, 4, 2, 1, 5, 0)]
     with torch.no_grad():
         expected = [masked(ids).logits for ids in batches]  # the SDPA path, uncompiled
     monkeypatch.setattr(ops, "flex_attention_supported", lambda device: True)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
-    for layer in masked.model.layers:
+    graphs = []
+
+    def counting_aot_eager(graph, example_inputs):
         # aot_eager: dynamo's graph and guards as on CUDA, without inductor's CPU FlexAttention template.
-        layer.forward = torch.compile(layer.forward, backend="aot_eager")
+        graphs.append(graph)
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
+
+    for layer in masked.model.layers:
+        layer.forward = torch.compile(layer.forward, backend=counting_aot_eager)
     build_mask = ops._compiled_document_block_mask()
+    graphs_after = []
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for ids, want in zip(batches, expected):
             doc = document_ids(ids, EOS)
-            compiled, eager = build_mask(doc), ops.document_block_mask(doc)
+            compiled, eager = build_mask(doc), ops._document_block_mask(doc)
             for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
                 assert torch.equal(getattr(compiled, name), getattr(eager, name)), name
             torch.testing.assert_close(masked(ids).logits, want, rtol=0, atol=2e-5)
+            graphs_after.append(len(graphs))
     torch._dynamo.reset()
+    # The rows of several documents: 2, 3 (now dynamic), 4 and 2 again (no new graph); 1, 5 and 0 at most
+    # one each. The limit of 8 (torch._dynamo.config.recompile_limit) is not reached.
+    assert graphs_after[:4] == [1, 2, 2, 2] and graphs_after[-1] <= 5, graphs_after
 
 
 def test_config_key_is_checked_and_reaches_the_model():

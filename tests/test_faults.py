@@ -22,13 +22,35 @@ SETTINGS = [f"train.max_steps={STEPS}", "checkpoint.save_every=2", "eval.eval_ev
 
 def start(run_dir: Path, data: Path, *settings: str, **env: str) -> subprocess.Popen:
     """`smollm2 train` on 2 processes under torchrun in a session of its own, output to files."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "smollm2", "train", "--config", str(TINY_YAML), "--set", *MINI, f"data.path={data}",
-           f"train.out_dir={run_dir}", *SETTINGS, *settings]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "smollm2",
+        "train",
+        "--config",
+        str(TINY_YAML),
+        "--set",
+        *MINI,
+        f"data.path={data}",
+        f"train.out_dir={run_dir}",
+        *SETTINGS,
+        *settings,
+    ]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     out = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    return subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
 
 
 def ranks(job: subprocess.Popen) -> list[psutil.Process]:
@@ -125,8 +147,15 @@ def test_a_rank_that_stops_answering_ends_the_job_within_the_timeout(tiny_data, 
     without a timeout: rank 0's stall watchdog ends rank 0 (exit 3) within the timeout, naming rank 1."""
     timeout = 15
     run_dir = tmp_path / "run"
-    job = start(run_dir, tiny_data, "train.max_steps=100000", f"train.collective_timeout_s={timeout}",
-                "checkpoint.save_every=0", SMOLLM2_FAULT_STALL_STEP="4", SMOLLM2_FAULT_STALL_RANK="1")
+    job = start(
+        run_dir,
+        tiny_data,
+        "train.max_steps=100000",
+        f"train.collective_timeout_s={timeout}",
+        "checkpoint.save_every=0",
+        SMOLLM2_FAULT_STALL_STEP="4",
+        SMOLLM2_FAULT_STALL_RANK="1",
+    )
     try:
         wait_until(lambda: len(ranks(job)) >= 2 and ranks(job)[1].status() == psutil.STATUS_STOPPED, job)
         stopped_at = time.monotonic()

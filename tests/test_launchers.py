@@ -8,6 +8,7 @@
 - The SLURM scripts, with stand-ins for srun/scontrol/deepspeed (fast; tests/test_slurm.py runs a real
   cluster): what they run, and the requeue on the time-limit signal.
 """
+
 import contextlib
 import json
 import os
@@ -26,23 +27,48 @@ from smollm2.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-DESIGN_SCALARS = {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/mfu", "perf/peak_mem_gib",
-                  "eval/loss", "eval/ppl"}
+DESIGN_SCALARS = {
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "perf/tokens_per_s",
+    "perf/mfu",
+    "perf/peak_mem_gib",
+    "eval/loss",
+    "eval/ppl",
+}
 # configs/tiny.yaml cut to seconds: 6 steps of 2 x 2 blocks, an eval (with samples) halfway and at the end.
-SHRINK = ["train.max_steps=6", "train.micro_batch_size=2", "train.global_batch_size=4",
-          "schedule.warmup_steps=2", "logging.log_every=2", "eval.eval_every=3", "eval.num_blocks=2",
-          "eval.max_new_tokens=8", "checkpoint.save_every=0", "data.num_workers=0"]
+SHRINK = [
+    "train.max_steps=6",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=4",
+    "schedule.warmup_steps=2",
+    "logging.log_every=2",
+    "eval.eval_every=3",
+    "eval.num_blocks=2",
+    "eval.max_new_tokens=8",
+    "checkpoint.save_every=0",
+    "data.num_workers=0",
+]
 
 
 @pytest.fixture(scope="module")
 def shakespeare_data(tmp_path_factory, gguf_path, shakespeare_dir) -> Path:
     """Four plays tokenized with the real SmolLM2 tokenizer (one held out for validation)."""
     out = tmp_path_factory.mktemp("launchers")
-    subprocess.run(smollm2_cmd("tokenizer", "extract", "--gguf", gguf_path, "--out", out / "tokenizer"), check=True,
-                   capture_output=True)
+    subprocess.run(
+        smollm2_cmd("tokenizer", "extract", "--gguf", gguf_path, "--out", out / "tokenizer"),
+        check=True,
+        capture_output=True,
+    )
     plays = sorted(shakespeare_dir.glob("*_gut.txt"))[:4]
-    subprocess.run(smollm2_cmd("prepare", "--input", *plays, "--tokenizer", out / "tokenizer", "--out", out / "data",
-                               "--val-docs", "1"), check=True, capture_output=True)
+    subprocess.run(
+        smollm2_cmd(
+            "prepare", "--input", *plays, "--tokenizer", out / "tokenizer", "--out", out / "data", "--val-docs", "1"
+        ),
+        check=True,
+        capture_output=True,
+    )
     return out / "data"
 
 
@@ -50,19 +76,33 @@ def launch(script: str, run_dir: Path, data: Path, cwd: Path, **env: str) -> sub
     """`bash launch/SCRIPT configs/tiny.yaml --set ...` as a user types it, from another directory."""
     environ = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     # Every byte stays on loopback: gloo's sockets, and Open MPI's own.
-    environ.update(NPROC="2", DS_ACCELERATOR="cpu", GLOO_SOCKET_IFNAME="lo", OMPI_MCA_btl_tcp_if_include="lo",
-                   OMPI_MCA_oob_tcp_if_include="lo", **env)
+    environ.update(
+        NPROC="2",
+        DS_ACCELERATOR="cpu",
+        GLOO_SOCKET_IFNAME="lo",
+        OMPI_MCA_btl_tcp_if_include="lo",
+        OMPI_MCA_oob_tcp_if_include="lo",
+        **env,
+    )
     if script != "mpirun.sh":  # under mpirun, smollm2.distributed agrees on a port through mpi4py
         environ.setdefault("MASTER_PORT", str(free_port()))
-    cmd = ["bash", str(ROOT / "launch" / script), str(ROOT / "configs" / "tiny.yaml"),
-           "--set", f"data.path={data}", f"train.out_dir={run_dir}", *SHRINK]
+    cmd = [
+        "bash",
+        str(ROOT / "launch" / script),
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--set",
+        f"data.path={data}",
+        f"train.out_dir={run_dir}",
+        *SHRINK,
+    ]
     return start(cmd, cwd, environ)
 
 
 def start(cmd: list[str], cwd: Path, environ: dict[str, str]) -> subprocess.Popen:
     # A session of its own: on a timeout the launcher goes down together with the ranks it started.
-    return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -93,8 +133,16 @@ def check_run(run_dir: Path, output: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["deepspeed_single_node.sh", "torchrun.sh", pytest.param(
-    "mpirun.sh", marks=pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed"))])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "deepspeed_single_node.sh",
+        "torchrun.sh",
+        pytest.param(
+            "mpirun.sh", marks=pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed")
+        ),
+    ],
+)
 def test_two_cpu_processes_under_launcher(script, shakespeare_data, tmp_path):
     run_dir = tmp_path / "run"
     output = finish(launch(script, run_dir, shakespeare_data, cwd=tmp_path))
@@ -129,23 +177,48 @@ def test_deepspeed_multi_node_without_ssh(tmp_path):
     hostfile.write_text("# two nodes\nnode-a slots=1\nnode-b slots=1\n")
     port = str(free_port())
     environ = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
-    environ.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    script = [str(ROOT / "launch" / "deepspeed_multi_node.sh"), "hostfile", "configs/tiny.yaml", "--set",
-              "train.max_steps=5"]
+    environ.update(
+        {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "GLOO_SOCKET_IFNAME": "lo",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    script = [
+        str(ROOT / "launch" / "deepspeed_multi_node.sh"),
+        "hostfile",
+        "configs/tiny.yaml",
+        "--set",
+        "train.max_steps=5",
+    ]
     nodes = [start(["bash", *script], tmp_path, {**environ, "NODE_RANK": str(rank)}) for rank in (0, 1)]
     probes = []
     for node in nodes:
         output = finish(node)
         probes += [json.loads(line.split("PROBE ", 1)[1]) for line in output.splitlines() if "PROBE " in line]
-    assert sorted((p["rank"], p["world"], p["launcher"], p["sum"]) for p in probes) == [(0, 2, "env", 3), (1, 2, "env", 3)]
+    assert sorted((p["rank"], p["world"], p["launcher"], p["sum"]) for p in probes) == [
+        (0, 2, "env", 3),
+        (1, 2, "env", 3),
+    ]
     assert {p["master"] for p in probes} == {f"127.0.0.1:{port}"}
-    assert all(p["argv"][1:] == ["train", "--config", "configs/tiny.yaml", "--set", "train.max_steps=5"]
-               and p["argv"][0].startswith("--local_rank=") for p in probes)
+    assert all(
+        p["argv"][1:] == ["train", "--config", "configs/tiny.yaml", "--set", "train.max_steps=5"]
+        and p["argv"][0].startswith("--local_rank=")
+        for p in probes
+    )
 
 
-@pytest.mark.parametrize("script, usage", [("deepspeed_single_node.sh", "CONFIG"), ("deepspeed_multi_node.sh", "HOSTFILE CONFIG"),
-                                           ("torchrun.sh", "CONFIG"), ("mpirun.sh", "CONFIG")])
+@pytest.mark.parametrize(
+    "script, usage",
+    [
+        ("deepspeed_single_node.sh", "CONFIG"),
+        ("deepspeed_multi_node.sh", "HOSTFILE CONFIG"),
+        ("torchrun.sh", "CONFIG"),
+        ("mpirun.sh", "CONFIG"),
+    ],
+)
 def test_launch_script_without_a_config_prints_its_usage(script, usage):
     out = subprocess.run(["bash", str(ROOT / "launch" / script)], capture_output=True, text=True)
     assert out.returncode == 2 and f"launch/{script} {usage} [--set" in out.stderr, out.stderr
@@ -183,10 +256,19 @@ def fake_slurm(tmp_path):
     for name, text in {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL, "deepspeed": FAKE_DEEPSPEED}.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("MASTER_ADDR", "MASTER_PORT")}
-    environ.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(log), TMPDIR=str(tmp_path),
-                   SLURM_JOB_ID="4321", SLURM_JOB_NODELIST="gpu-[a-b]", SLURM_NNODES="2",
-                   SLURM_NTASKS_PER_NODE="8", SLURM_CPUS_PER_TASK="4")
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("MASTER_ADDR", "MASTER_PORT")
+    }
+    environ.update(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_LOG=str(log),
+        TMPDIR=str(tmp_path),
+        SLURM_JOB_ID="4321",
+        SLURM_JOB_NODELIST="gpu-[a-b]",
+        SLURM_NNODES="2",
+        SLURM_NTASKS_PER_NODE="8",
+        SLURM_CPUS_PER_TASK="4",
+    )
     return environ, log
 
 
@@ -201,9 +283,20 @@ def test_sbatch_runs_one_task_per_gpu_with_resume_auto(script, fake_slurm, tmp_p
     out = sbatch(script, environ, tmp_path)
     assert out.returncode == 0, out.stderr
     srun_args = (log / "srun.args").read_text().splitlines()
-    command = srun_args[srun_args.index("python"):]
-    assert command == ["python", "-u", "-m", "smollm2", "train", "--config", "configs/tiny.yaml", "--resume", "auto",
-                       "--set", "train.out_dir=runs/x"]
+    command = srun_args[srun_args.index("python") :]
+    assert command == [
+        "python",
+        "-u",
+        "-m",
+        "smollm2",
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--resume",
+        "auto",
+        "--set",
+        "train.out_dir=runs/x",
+    ]
     if script == "multi_node.sbatch":  # the rendezvous every task agrees on: first node, port from the job id
         assert (log / "srun.env").read_text().split() == ["MASTER_ADDR=gpu-a", f"MASTER_PORT={10000 + 4321 % 20000}"]
 
@@ -219,7 +312,15 @@ def test_multi_node_sbatch_with_the_deepspeed_launcher(fake_slurm, tmp_path):
     assert ds_args[:2] == ["--hostfile", str(tmp_path / "smollm2-hostfile-4321")]
     assert ds_args[2:9] == ["--no_ssh", "--node_rank", "1", "--master_addr", "gpu-a", "--master_port", "14321"]
     assert Path(ds_args[9]).name == "smollm2"
-    assert ds_args[10:] == ["train", "--config", "configs/tiny.yaml", "--resume", "auto", "--set", "train.out_dir=runs/x"]
+    assert ds_args[10:] == [
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--resume",
+        "auto",
+        "--set",
+        "train.out_dir=runs/x",
+    ]
 
 
 def test_sbatch_requeues_itself_when_the_time_limit_nears(fake_slurm, tmp_path):
@@ -227,8 +328,14 @@ def test_sbatch_requeues_itself_when_the_time_limit_nears(fake_slurm, tmp_path):
     environ, log = fake_slurm
     cmd = ["bash", str(ROOT / "launch" / "slurm" / "single_node.sbatch"), "configs/tiny.yaml"]
     with open(log / "job.out", "w") as job_out:  # a file, not a pipe: the sleeping stand-in srun would hold a pipe open
-        job = subprocess.Popen(cmd, env={**environ, "FAKE_SRUN_SLEEP": "60"}, cwd=tmp_path, start_new_session=True,
-                               stdout=job_out, stderr=subprocess.STDOUT)
+        job = subprocess.Popen(
+            cmd,
+            env={**environ, "FAKE_SRUN_SLEEP": "60"},
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=job_out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not (log / "srun.args").exists() and time.monotonic() < deadline:

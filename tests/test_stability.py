@@ -27,8 +27,24 @@ LR = 3e-3  # configs/tiny.yaml's
 
 def faulty_train(run_dir, *settings: str, **faults: str) -> subprocess.CompletedProcess:
     """`smollm2 train` on 2 processes under torchrun with SMOLLM2_FAULT_* set; not checked."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "smollm2", "train", "--config", str(TINY_YAML), "--set", *MINI, f"train.out_dir={run_dir}", *settings]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "smollm2",
+        "train",
+        "--config",
+        str(TINY_YAML),
+        "--set",
+        *MINI,
+        f"train.out_dir={run_dir}",
+        *settings,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **{f"SMOLLM2_FAULT_{k.upper()}": v for k, v in faults.items()}}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
@@ -39,9 +55,18 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path, zer
     """Stage 0: the trainer drops the gradients; stage 3: DeepSpeed's wrapper skips. Either way the weights and
     (stage 0) the optimizer state after the step equal those before it, and the LR schedule moves on."""
     run_dir = tmp_path / "run"
-    result = faulty_train(run_dir, f"data.path={tiny_data}", "train.max_steps=6", "checkpoint.save_every=1",
-                          "checkpoint.keep_last=10", "eval.eval_every=0", "schedule.warmup_steps=5",
-                          f"deepspeed.zero_stage={zero_stage}", nan_steps="3", nan_rank="1")
+    result = faulty_train(
+        run_dir,
+        f"data.path={tiny_data}",
+        "train.max_steps=6",
+        "checkpoint.save_every=1",
+        "checkpoint.keep_last=10",
+        "eval.eval_every=0",
+        "schedule.warmup_steps=5",
+        f"deepspeed.zero_stage={zero_stage}",
+        nan_steps="3",
+        nan_rank="1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3: skipped, no update: a non-finite loss on rank 1" in result.stdout
     rows = {row["step"]: row for row in read_rows(run_dir, "lr")}
@@ -55,8 +80,10 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path, zer
     before, after = (find_checkpoint(checkpoints / f"step_{s:08d}") for s in (2, 3))
     for name, tensor in consolidated_state_dict(before).items():
         assert torch.equal(consolidated_state_dict(after)[name], tensor), name
-    assert not torch.equal(consolidated_state_dict(after)["model.norm.weight"],
-                           consolidated_state_dict(find_checkpoint(checkpoints / "step_00000004"))["model.norm.weight"])
+    assert not torch.equal(
+        consolidated_state_dict(after)["model.norm.weight"],
+        consolidated_state_dict(find_checkpoint(checkpoints / "step_00000004"))["model.norm.weight"],
+    )
     if zero_stage == 0:  # the optimizer's moments and step counts did not move either
         states = [read_checkpoint_state(c)["optimizer"]["state"] for c in (before, after)]
         for index, state in states[0].items():
@@ -68,14 +95,23 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path, zer
 @pytest.mark.slow
 def test_bad_steps_in_a_row_stop_the_run_with_its_checkpoints_good(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    result = faulty_train(run_dir, f"data.path={tiny_data}", "train.max_steps=20", "checkpoint.save_every=2",
-                          "eval.eval_every=0", "deepspeed.zero_stage=1", "stability.max_bad_steps=3",
-                          nan_steps="3,4,5,6")
+    result = faulty_train(
+        run_dir,
+        f"data.path={tiny_data}",
+        "train.max_steps=20",
+        "checkpoint.save_every=2",
+        "eval.eval_every=0",
+        "deepspeed.zero_stage=1",
+        "stability.max_bad_steps=3",
+        nan_steps="3,4,5,6",
+    )
     assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]  # torchrun's report
     newest = run_dir / "checkpoints" / "step_00000004"
-    assert (f"smollm2 train: stopped: steps 3-5: 3 steps in a row (stability.max_bad_steps) made no update "
-            f"(non-finite loss or gradient norm); nothing was saved, the newest checkpoint is {newest}: lower "
-            "optimizer.lr, check those steps' data, or raise stability.max_bad_steps") in result.stderr
+    assert (
+        f"smollm2 train: stopped: steps 3-5: 3 steps in a row (stability.max_bad_steps) made no update "
+        f"(non-finite loss or gradient norm); nothing was saved, the newest checkpoint is {newest}: lower "
+        "optimizer.lr, check those steps' data, or raise stability.max_bad_steps"
+    ) in result.stderr
     assert not (run_dir / "checkpoints" / "step_00000006").exists()
     listing = subprocess.run(smollm2_cmd("checkpoints", run_dir), capture_output=True, text=True, check=True).stdout
     assert "step_00000004  step        4" in listing and "good  <- --resume auto continues from here" in listing
@@ -90,20 +126,31 @@ def test_a_loss_spike_rolls_back_and_goes_on_past_its_data(tiny_data, tmp_path):
     """A spike at step 8: back to step 5's checkpoint, then on from the 9th global batch of data. Each step
     is logged once; the run still ends at max_steps."""
     run_dir = tmp_path / "run"
-    result = faulty_train(run_dir, f"data.path={tiny_data}", "train.max_steps=10", "checkpoint.save_every=5",
-                          "eval.eval_every=0", "stability.spike=rollback", "stability.spike_window=4",
-                          "stability.spike_sigmas=3", spike_steps="8")
+    result = faulty_train(
+        run_dir,
+        f"data.path={tiny_data}",
+        "train.max_steps=10",
+        "checkpoint.save_every=5",
+        "eval.eval_every=0",
+        "stability.spike=rollback",
+        "stability.spike_window=4",
+        "stability.spike_sigmas=3",
+        spike_steps="8",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 8: loss spike: " in result.stdout and "; rolling back" in result.stdout
-    assert f"rolled back to {run_dir / 'checkpoints' / 'step_00000005'} (step 5); the 24 samples after it" \
-        in result.stdout
+    assert (
+        f"rolled back to {run_dir / 'checkpoints' / 'step_00000005'} (step 5); the 24 samples after it" in result.stdout
+    )
     train_rows = read_rows(run_dir, "loss")
     assert [row["step"] for row in train_rows] == list(range(1, 11))  # steps 6-8 of the spiked branch are gone
     batch = 8  # conftest.MINI's global batch
     assert [row["consumed_samples"] for row in train_rows] == [batch * s for s in range(1, 6)] + [
-        batch * (s + 3) for s in range(6, 11)]  # after the rollback, the data is 3 batches ahead of the step
+        batch * (s + 3) for s in range(6, 11)
+    ]  # after the rollback, the data is 3 batches ahead of the step
     assert [row for row in read_rows(run_dir, "rollback_from_step")] == [
-        {"step": 5, "rollback_from_step": 8, "skipped_samples": 24}]
+        {"step": 5, "rollback_from_step": 8, "skipped_samples": 24}
+    ]
     assert all(math.isfinite(row["loss"]) and row["loss"] < 20 for row in train_rows)
 
 
@@ -127,8 +174,10 @@ def test_metrics_are_strict_json_with_nonfinite_values_flagged(tmp_path):
     logger.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(row, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl")) for row in lines]
-    assert rows == [{"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3, "nonfinite": ["loss", "grad_norm"]},
-                    {"step": 2, "loss": 2.5, "grad_norm": 1.0, "lr": 1e-3}]
+    assert rows == [
+        {"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3, "nonfinite": ["loss", "grad_norm"]},
+        {"step": 2, "loss": 2.5, "grad_norm": 1.0, "lr": 1e-3},
+    ]
 
 
 def test_sampling_survives_non_finite_logits():

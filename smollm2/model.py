@@ -260,20 +260,25 @@ class SmolLM2Attention(nn.Module):
             masked = self._attend(q[:mixed_rows], k[:mixed_rows], v[:mixed_rows], attention_mask)
             out = torch.cat([masked, self._attend(q[mixed_rows:], k[mixed_rows:], v[mixed_rows:], None)])
         else:
-            out = self._attend(q, k, v, attention_mask)
+            out = self._attend(q, k, v, attention_mask, causal=past_key_value is None)
         out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         return self.o_proj(out), present
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | BlockMask | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | BlockMask | None,
+        causal: bool = True,
     ) -> torch.Tensor:
-        # Without a mask, the model only calls us with no cache (causal) or one new token (sees everything).
+        # Without a mask, the model only calls us with no cache (causal) or one new token after the cache (it
+        # sees every key: not causal). A Python bool, not `seq_len > 1`: with a dynamic length (generation's
+        # prompts, compiled) that is symbolic, which SDPA refuses, and dynamo split the layer's graph there.
         if attention_mask is None:
             # SDPA takes the KV heads as they are (enable_gqa) instead of repeat_kv's copies: 1 % faster and
             # 2.8 GiB less at micro-batch 128 on an H200 (bench/RESULTS.md).
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=q.shape[2] > 1, enable_gqa=self.num_key_value_groups > 1
-            )
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.num_key_value_groups > 1)
         if isinstance(attention_mask, BlockMask):  # document masking on CUDA: skips other documents' keys
             return ops.flex_attention(q, k, v, attention_mask, enable_gqa=self.num_key_value_groups > 1)
         # Boolean masks (padding; document masking on CPU): the masked kernels want every head's K and V.

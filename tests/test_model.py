@@ -338,6 +338,27 @@ def test_training_forward_compiles_without_graph_breaks():
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
+def test_compiled_layers_generate_without_graph_breaks():
+    """Layers compiled as smollm2/engine.py compiles them, then generation: prompts of new lengths make the
+    length dynamic, and a symbolic `is_causal` once broke each layer's graph in two there."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(SmolLM2Config(**TINY)).eval()
+    prompts = [torch.randint(1, 97, (1, n)) for n in (4, 5, 7)]
+    expected = [model.generate(prompt, 4, temperature=0) for prompt in prompts]
+    torch._dynamo.reset()
+    counters.clear()
+    for layer in model.model.layers:
+        layer.forward = torch.compile(layer.forward, backend="aot_eager")
+    for prompt, want in zip(prompts, expected):
+        assert torch.equal(model.generate(prompt, 4, temperature=0), want)
+    breaks = dict(counters["graph_break"])
+    torch._dynamo.reset()
+    assert not breaks, breaks
+
+
 def test_greedy_generate_cached_equals_uncached_and_crops_to_block_size():
     config = SmolLM2Config(**{**TINY, "block_size": 8})
     torch.manual_seed(0)

@@ -39,11 +39,4 @@ if [[ " $PARTS " == *" family "* ]]; then
   bench 1.7b 280 --config configs/smollm2-1.7b.yaml --set data.path=data/bench-shakespeare \
     train.global_batch_size=128 --baseline --baseline-micro-batch 32 --steps 4 --warmup 2
 fi
-python3 - "$OUT" <<'PY' | tee -a "$LOG"
-import json, pathlib, sys
-for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
-    for row in json.loads(path.read_text()).get("results", []):
-        keys = ("name", "tokens_per_s", "mfu", "mfu_datasheet", "peak_memory_gib", "document_masking",
-                "documents_per_block", "error")
-        print(path.stem, {k: row[k] for k in keys if k in row})
-PY
+summarize_benches

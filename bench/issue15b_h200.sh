@@ -22,12 +22,6 @@ LOG_NAME=issue15b.log
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$LOG"
-run() {  # NAME TIMEOUT COMMAND...: its output appended to LOG
-  local name=$1 limit=$2
-  shift 2
-  note "$name: $*"
-  timeout "$limit" "$@" >> "$LOG" 2>&1 || note "$name: exit $?"
-}
 SHAKESPEARE=(--set data.path=data/bench-shakespeare)
 zero_135m_mb128() {  # ZeRO 1 and 3 at 135M, micro-batch 128 x 1 (parts zero3 and persist)
   run "zero mb128" 150 deepspeed --num_gpus 1 --module smollm2 bench --config configs/smollm2-135m.yaml \
@@ -69,10 +63,4 @@ if [[ " $PARTS " == *" zero3big "* ]]; then
     "${SHAKESPEARE[@]}" train.global_batch_size=128 --vary deepspeed.zero_stage=1,3 --steps 4 --warmup 2 \
     --out "$OUT/bench_zero_1.7b.json"
 fi
-python3 - "$OUT" <<'PY' | tee -a "$LOG"
-import json, pathlib, sys
-for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
-    for row in json.loads(path.read_text()).get("results", []):
-        keys = ("name", "tokens_per_s", "mfu", "peak_memory_gib", "documents_per_block", "error")
-        print(path.stem, {k: row[k] for k in keys if k in row})
-PY
+summarize_benches

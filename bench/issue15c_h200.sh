@@ -21,12 +21,6 @@ LOG_NAME=issue15c.log
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$LOG"
-run() {  # NAME TIMEOUT COMMAND...: its output appended to LOG
-  local name=$1 limit=$2
-  shift 2
-  note "$name: $*"
-  timeout "$limit" "$@" >> "$LOG" 2>&1 || note "$name: exit $?"
-}
 if [[ " $PARTS " == *" mask "* ]]; then
   for mode in none model every-row; do
     run "plays $mode" 150 python3 bench/document_rows.py "$mode" data/bench-shakespeare bench "$OUT/bench_plays_$mode.json"
@@ -65,10 +59,4 @@ if [[ " $PARTS " == *" zero3mask "* ]]; then
     train.micro_batch_size=64 train.global_batch_size=256 --vary deepspeed.zero_stage=1,3 --steps 6 --warmup 3 \
     --out "$OUT/bench_zero_masking.json"
 fi
-python3 - "$OUT" <<'PY' | tee -a "$LOG"
-import json, pathlib, sys
-for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
-    for row in json.loads(path.read_text()).get("results", []):
-        keys = ("name", "tokens_per_s", "mfu", "peak_memory_gib", "documents_per_block", "error")
-        print(path.stem, {k: row[k] for k in keys if k in row})
-PY
+summarize_benches

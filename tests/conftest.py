@@ -134,6 +134,12 @@ def smollm2_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "smollm2", *map(str, args)]
 
 
+def torchrun_cmd(nproc: int, *args: str, port: int | str | None = None) -> list[str]:
+    """The real CLI on `nproc` processes under torchrun (on a free port unless given), as a command line."""
+    rendezvous = ["--nproc_per_node", str(nproc), "--master_port", str(port or free_port())]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "smollm2", *map(str, args)]
+
+
 def run_train(
     nproc: int, *settings: str, resume: str | None = None, check: bool = True, config: Path = TINY_YAML
 ) -> subprocess.CompletedProcess:
@@ -141,21 +147,7 @@ def run_train(
     args = ["train", "--config", config, "--set", *MINI, *settings]
     if resume is not None:
         args += ["--resume", resume]
-    if nproc:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "smollm2",
-            *map(str, args),
-        ]
-    else:
-        cmd = smollm2_cmd(*args)
+    cmd = torchrun_cmd(nproc, *args) if nproc else smollm2_cmd(*args)
     # One thread per process: the CI machine has 2 cores (torchrun sets the same for its ranks).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -10,13 +10,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import MINI, TINY_YAML, free_port, read_rows, smollm2_cmd
+from conftest import MINI, TINY_YAML, read_rows, smollm2_cmd, torchrun_cmd
 from smollm2.cli import main
 
 MAX_STEPS = 20
@@ -131,8 +130,7 @@ def test_watch_evaluates_each_checkpoint_once_at_its_step_beside_training(tmp_pa
     # Watcher A starts first (it waits for the run's config.yaml) and stops after two checkpoints.
     first = start(smollm2_cmd(*watch, "--max-checkpoints", "2"), tmp_path / "watch-a.log")
     training = start(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "smollm2", "train", "--config", TINY_YAML, "--set", *settings],
+        torchrun_cmd(2, "train", "--config", TINY_YAML, "--set", *settings),
         tmp_path / "train.log",
         TRAIN_ENV,
     )  # fmt: skip

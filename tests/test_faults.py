@@ -6,14 +6,13 @@ ends the job within the collective timeout, with a line naming it.
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import MINI, TINY_YAML, free_port, read_rows, run_train
+from conftest import MINI, TINY_YAML, read_rows, run_train, torchrun_cmd
 
 STEPS = 8
 # ZeRO 1: the optimizer state is sharded, so both ranks' files matter to a resume.
@@ -22,26 +21,8 @@ SETTINGS = [f"train.max_steps={STEPS}", "checkpoint.save_every=2", "eval.eval_ev
 
 def start(run_dir: Path, data: Path, *settings: str, **env: str) -> subprocess.Popen:
     """`smollm2 train` on 2 processes under torchrun in a session of its own, output to files."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "smollm2",
-        "train",
-        "--config",
-        str(TINY_YAML),
-        "--set",
-        *MINI,
-        f"data.path={data}",
-        f"train.out_dir={run_dir}",
-        *SETTINGS,
-        *settings,
-    ]
+    run_settings = [*MINI, f"data.path={data}", f"train.out_dir={run_dir}", *SETTINGS, *settings]
+    cmd = torchrun_cmd(2, "train", "--config", TINY_YAML, "--set", *run_settings)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     out = open(run_dir.parent / f"{run_dir.name}.log", "w")
     return subprocess.Popen(

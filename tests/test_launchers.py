@@ -22,21 +22,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
-from conftest import smollm2_cmd
+from conftest import SCALARS, smollm2_cmd
 from smollm2.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-DESIGN_SCALARS = {
-    "train/loss",
-    "train/lr",
-    "train/grad_norm",
-    "perf/tokens_per_s",
-    "perf/mfu",
-    "perf/peak_mem_gib",
-    "eval/loss",
-    "eval/ppl",
-}
 # configs/tiny.yaml cut to seconds: 6 steps of 2 x 2 blocks, an eval (with samples) halfway and at the end.
 SHRINK = [
     "train.max_steps=6",
@@ -122,7 +112,7 @@ def check_run(run_dir: Path, output: str) -> None:
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = events.Tags()
-    assert DESIGN_SCALARS <= set(tags["scalars"]), tags["scalars"]
+    assert set(SCALARS) <= set(tags["scalars"]), tags["scalars"]
     assert [event.step for event in events.Scalars("train/loss")] == [2, 4, 6]
     assert [event.step for event in events.Scalars("eval/loss")] == [3, 6]
     sample_tags = [tag for tag in tags["tensors"] if tag.startswith("samples/")]
@@ -272,6 +262,10 @@ def fake_slurm(tmp_path):
     return environ, log
 
 
+# What the sbatch scripts below run in each task, given `configs/tiny.yaml --set train.out_dir=runs/x`.
+TRAIN_ARGS = ["train", "--config", "configs/tiny.yaml", "--resume", "auto", "--set", "train.out_dir=runs/x"]
+
+
 def sbatch(script: str, environ: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = ["bash", str(ROOT / "launch" / "slurm" / script), "configs/tiny.yaml", "--set", "train.out_dir=runs/x"]
     return subprocess.run(cmd, env=environ, cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -284,19 +278,7 @@ def test_sbatch_runs_one_task_per_gpu_with_resume_auto(script, fake_slurm, tmp_p
     assert out.returncode == 0, out.stderr
     srun_args = (log / "srun.args").read_text().splitlines()
     command = srun_args[srun_args.index("python") :]
-    assert command == [
-        "python",
-        "-u",
-        "-m",
-        "smollm2",
-        "train",
-        "--config",
-        "configs/tiny.yaml",
-        "--resume",
-        "auto",
-        "--set",
-        "train.out_dir=runs/x",
-    ]
+    assert command == ["python", "-u", "-m", "smollm2", *TRAIN_ARGS]
     if script == "multi_node.sbatch":  # the rendezvous every task agrees on: first node, port from the job id
         assert (log / "srun.env").read_text().split() == ["MASTER_ADDR=gpu-a", f"MASTER_PORT={10000 + 4321 % 20000}"]
 
@@ -312,15 +294,7 @@ def test_multi_node_sbatch_with_the_deepspeed_launcher(fake_slurm, tmp_path):
     assert ds_args[:2] == ["--hostfile", str(tmp_path / "smollm2-hostfile-4321")]
     assert ds_args[2:9] == ["--no_ssh", "--node_rank", "1", "--master_addr", "gpu-a", "--master_port", "14321"]
     assert Path(ds_args[9]).name == "smollm2"
-    assert ds_args[10:] == [
-        "train",
-        "--config",
-        "configs/tiny.yaml",
-        "--resume",
-        "auto",
-        "--set",
-        "train.out_dir=runs/x",
-    ]
+    assert ds_args[10:] == TRAIN_ARGS
 
 
 def test_sbatch_requeues_itself_when_the_time_limit_nears(fake_slurm, tmp_path):

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import MINI, ROOT, TINY_YAML, free_port, read_rows, run_train
+from conftest import MINI, ROOT, TINY_YAML, free_port, read_rows, run_train, torchrun_cmd
 from smollm2.signals import StopSignals, ignore_stop_signals
 from smollm2.trainer import Trainer
 
@@ -43,19 +43,7 @@ def start_train(log_dir, *settings: str, script: bool = False) -> subprocess.Pop
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            port,
-            "-m",
-            "smollm2",
-            "train",
-            *args,
-        ]
+        cmd = torchrun_cmd(2, "train", *args, port=port)
         env = os.environ.copy()
     env["OMP_NUM_THREADS"] = "1"
     with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:

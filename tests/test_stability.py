@@ -9,12 +9,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import MINI, TINY_YAML, free_port, read_rows, smollm2_cmd
+from conftest import MINI, TINY_YAML, read_rows, smollm2_cmd, torchrun_cmd
 from smollm2.checkpoint import consolidated_state_dict, find_checkpoint, read_checkpoint_state
 from smollm2.config import ScheduleConfig
 from smollm2.metrics import MetricsLogger
@@ -27,24 +26,7 @@ LR = 3e-3  # configs/tiny.yaml's
 
 def faulty_train(run_dir, *settings: str, **faults: str) -> subprocess.CompletedProcess:
     """`smollm2 train` on 2 processes under torchrun with SMOLLM2_FAULT_* set; not checked."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "smollm2",
-        "train",
-        "--config",
-        str(TINY_YAML),
-        "--set",
-        *MINI,
-        f"train.out_dir={run_dir}",
-        *settings,
-    ]
+    cmd = torchrun_cmd(2, "train", "--config", TINY_YAML, "--set", *MINI, f"train.out_dir={run_dir}", *settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **{f"SMOLLM2_FAULT_{k.upper()}": v for k, v in faults.items()}}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 

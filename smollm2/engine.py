@@ -190,7 +190,7 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         # Every decoder layer shares one code object, so dynamo's limit of 8 graphs (then eager) counts the
         # shapes of all of them: training and eval (grad on and off), generation's prefill and decode, and
         # with document masking the rows of several documents (none, one, then any number: one graph each).
-        # A 150-step run with document masking and its eval reached 8 on an H200 (bench/RESULTS.md).
+        # A 150-step run with document masking, its eval and samples needed 9 on an H200 (bench/RESULTS.md).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for layer in model.model.layers:
             # The forward, not the module call (nn.Module.compile): module hooks stay outside the graph.

@@ -425,16 +425,17 @@ def _document_mask(
     BlockMask where FlexAttention trains (CUDA), else the boolean mask for SDPA (CPU; the reference). The
     kernels' batch sizes depend on the documents, so this reads one bool a row back to the host.
     """
-    several_documents = (document_ids(input_ids, eos_token_id)[:, -1] > 0).cpu()
+    ids = document_ids(input_ids, eos_token_id)
+    several_documents = (ids[:, -1] > 0).cpu()
     mixed_rows = int(several_documents.sum())
     restore_order = None
     if not several_documents[:mixed_rows].all():
-        order = torch.argsort((~several_documents).to(torch.uint8), stable=True)
-        restore_order = torch.argsort(order).to(input_ids.device)
-        input_ids = input_ids.index_select(0, order.to(input_ids.device))
+        order = torch.argsort((~several_documents).to(torch.uint8), stable=True).to(input_ids.device)
+        restore_order = torch.argsort(order)
+        input_ids, ids = input_ids.index_select(0, order), ids.index_select(0, order)
     if mixed_rows == 0:
         return input_ids, restore_order, None
-    ids = document_ids(input_ids[:mixed_rows], eos_token_id)
+    ids = ids[:mixed_rows]
     mask = ops.document_block_mask(ids) if ops.flex_attention_supported(input_ids.device) else document_causal_mask(ids)
     return input_ids, restore_order, mask
 

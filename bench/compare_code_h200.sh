@@ -1,37 +1,49 @@
 #!/usr/bin/env bash
-# `smollm2 bench` of configs/smollm2-135m.yaml for two copies of the code, in ABBA order on one GPU: a change
-# timed against the code before it, on the same GPU in the same call (clock drift between runs cancels out).
-#   bash bench/compare_code_h200.sh DIR_A DIR_B [STEPS]    each DIR holds a copy of smollm2/ and configs/
+# `smollm2 bench` of $CONFIG (default configs/smollm2-135m.yaml) for two or more copies of the code on one GPU in
+# one call, forward then backward (A B B A, A B C C B A): a change timed against the code before it, with the
+# clock drift between runs cancelling out.
+#   bash bench/compare_code_h200.sh DIR_A DIR_B [DIR_C ...]     each DIR holds a copy of smollm2/ and configs/
 # Run from the repository root on the device machine, carrying .device-wheels, data/bench-shakespeare and the
-# two folders (e.g. made with `git archive COMMIT smollm2 configs | tar -x -C DIR`). Writes under $OUT:
-# compare.log and bench_{a1,b1,b2,a2}.json; prints each run's tokens/s and B's mean over A's.
+# folders (e.g. made with `git archive COMMIT smollm2 configs | tar -x -C DIR`). STEPS (default 8) timed steps a
+# run. Writes under $OUT: compare.log and bench_<dir name><1|2>.json; prints each run's tokens/s and each
+# copy's mean over the first's.
 set -u
-A=$1 B=$2 STEPS=${3:-8}
-LOG_NAME=compare.log
+STEPS=${STEPS:-8}
+CONFIG=${CONFIG:-configs/smollm2-135m.yaml}
+LOG_NAME=${LOG_NAME:-compare.log}
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
 ROOT=$PWD
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$LOG"
 bench() {  # LABEL DIR: run inside DIR, so that `python -m smollm2` imports DIR's copy
   note "bench $1: $2"
-  (cd "$2" && PYTHONPATH=/tmp/site timeout 230 python3 -m smollm2 bench --config configs/smollm2-135m.yaml \
+  (cd "$2" && PYTHONPATH=/tmp/site timeout 230 python3 -m smollm2 bench --config "$CONFIG" \
     --set data.path="$ROOT/data/bench-shakespeare" --steps "$STEPS" --warmup 2 --out "$OUT/bench_$1.json") >> "$LOG" 2>&1
 }
-bench a1 "$A"; bench b1 "$B"; bench b2 "$B"; bench a2 "$A"
+DIRS=("$@")
+for dir in "${DIRS[@]}"; do bench "$(basename "$dir")1" "$dir"; done
+for ((i = ${#DIRS[@]} - 1; i >= 0; i--)); do bench "$(basename "${DIRS[i]}")2" "${DIRS[i]}"; done
 note "done"
-python3 - "$OUT" <<'PY'
-import json, sys
-rows = {}
-for run in ("a1", "b1", "b2", "a2"):
-    try:
-        rows[run] = json.load(open(f"{sys.argv[1]}/bench_{run}.json"))["results"][0]
-    except (OSError, KeyError, IndexError) as exc:
-        print(f"{run}: no result ({exc})")
-for run, row in rows.items():
-    print(f"{run}: {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.2%}, peak {row['peak_tflops']:.1f}, "
-          f"step {row['step_ms']:.1f} ms, {row['peak_mem_gib']:.1f} GiB")
-if len(rows) == 4:
-    a = (rows["a1"]["tokens_per_s"] + rows["a2"]["tokens_per_s"]) / 2
-    b = (rows["b1"]["tokens_per_s"] + rows["b2"]["tokens_per_s"]) / 2
-    print(f"B / A = {b / a:.4f} ({100 * (b / a - 1):+.2f} %)")
+python3 - "$OUT" "${DIRS[@]}" <<'PY'
+import json, os, sys
+out, names = sys.argv[1], [os.path.basename(d) for d in sys.argv[2:]]
+means = {}
+for name in names:
+    rows = []
+    for run in (1, 2):
+        try:
+            rows.append(json.load(open(f"{out}/bench_{name}{run}.json"))["results"][0])
+        except (OSError, KeyError, IndexError) as exc:
+            print(f"{name}{run}: no result ({exc})")
+            continue
+        row = rows[-1]
+        print(f"{name}{run}: {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.2%}, peak {row['peak_tflops']:.1f}, "
+              f"step {row['step_ms']:.1f} ms, {row['peak_mem_gib']:.1f} GiB")
+    if len(rows) == 2:
+        means[name] = sum(r["tokens_per_s"] for r in rows) / 2
+first = names[0]
+for name in names[1:]:
+    if first in means and name in means:
+        ratio = means[name] / means[first]
+        print(f"{name} / {first} = {ratio:.4f} ({100 * (ratio - 1):+.2f} %)")
 PY

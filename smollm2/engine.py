@@ -192,9 +192,10 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         # with document masking the rows of several documents (none, one, then any number: one graph each).
         # A 150-step run with document masking, its eval and samples needed 9 on an H200 (bench/RESULTS.md).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-        for layer in model.model.layers:
+        for module in [*model.model.layers, model.model.norm]:
             # The forward, not the module call (nn.Module.compile): module hooks stay outside the graph.
-            layer.forward = torch.compile(layer.forward)
+            # The final norm too: eager, its float32 RMSNorm is ~8 kernels over the hidden states each way.
+            module.forward = torch.compile(module.forward)
     if config.deepspeed.zero_stage == 3:
         # Each decoder layer is one ZeRO-3 "leaf": the layer's own hook gathers all its weights at once and
         # its Linears and norms get no hooks. So the compiled forward holds no DeepSpeed code; with hooks

@@ -256,13 +256,19 @@ class SmolLM2Attention(nn.Module):
         present = (k, v) if use_cache else None
         if attention_mask is not None and attention_mask.shape[0] < batch:
             # Document masking covers the first rows only; the rest hold one document each (_document_mask).
+            # Each part goes through o_proj on its own and the projections are joined: joining the attention
+            # outputs instead kept that join for o_proj's backward, a third copy next to the two outputs
+            # the attention kernels keep (4.2 GiB at 64 x 2048 on an H200, bench/RESULTS.md).
             mixed_rows = attention_mask.shape[0]
             masked = self._attend(q[:mixed_rows], k[:mixed_rows], v[:mixed_rows], attention_mask)
-            out = torch.cat([masked, self._attend(q[mixed_rows:], k[mixed_rows:], v[mixed_rows:], None)])
-        else:
-            out = self._attend(q, k, v, attention_mask, causal=past_key_value is None)
-        out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
-        return self.o_proj(out), present
+            whole = self._attend(q[mixed_rows:], k[mixed_rows:], v[mixed_rows:], None)
+            return torch.cat([self._project(masked), self._project(whole)]), present
+        return self._project(self._attend(q, k, v, attention_mask, causal=past_key_value is None)), present
+
+    def _project(self, out: torch.Tensor) -> torch.Tensor:
+        """o_proj of the attention output [B, heads, L, head_dim] -> [B, L, hidden]."""
+        batch, _, seq_len, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim))
 
     def _attend(
         self,

@@ -6,8 +6,9 @@
   12.9 GB of their float32 copy and as much again for their gradient, and it is the largest
   memory-bound part of the step. Here each chunk's logits are made, turned into their gradient in one
   fused pass and multiplied back into the hidden-state and weight gradients right away (Liger-Kernel's
-  "fused linear cross-entropy" idea, in plain PyTorch: cuBLAS for the matmuls, torch.compile fuses the
-  softmax/gradient pass on CUDA, eager on CPU). `SmolLM2ForCausalLM.forward(..., targets=)` uses it.
+  "fused linear cross-entropy" idea: cuBLAS for the matmuls; on CUDA one Triton kernel for the
+  softmax/gradient pass, which writes the gradient over the logits; plain PyTorch on CPU).
+  `SmolLM2ForCausalLM.forward(..., targets=)` uses it.
 - `selective_checkpoint`: activation checkpointing that keeps the matmul and attention outputs and
   recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward
   (`SmolLM2ForCausalLM.set_activation_checkpointing(n, selective=True)`).
@@ -18,8 +19,9 @@
   are computed. Rows of one document skip it: plain causal SDPA is faster on the same tiles
   (`model._document_mask` puts them after the others).
 
-Everything here runs on CPU too (the same code, uncompiled), which is how the tests check it; FlexAttention
-only forward there: its CPU backward does not exist (torch 2.13), so the model trains on CPU with SDPA.
+Everything here runs on CPU too (the same code, uncompiled; the loss kernel in Triton's interpreter), which is
+how the tests check it; FlexAttention only forward there: its CPU backward does not exist (torch 2.13), so the
+model trains on CPU with SDPA.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from typing import Any
 import torch
 from torch.nn.attention import flex_attention as flex
 
-# Tokens per chunk: 16384 x 49152 bf16 logits are 1.6 GB (and as much for their gradient). The whole loss of
-# 131072 tokens took 53.4 / 48.8 / 47.0 ms at 4096 / 8192 / 16384 tokens a chunk on an H200 (bench/loss_kernel.py).
+# Tokens per chunk: 16384 x 49152 bf16 logits are 1.6 GB (the loss kernel writes their gradient over them). Alone,
+# the whole loss of 131072 tokens is faster at 8192 (45.4 against 50.5 ms on an H200, bench/loss_kernel.py), but
+# the config's training step was faster at 16384 (+1.42 % against +1.03 % over the compiled loss, one call ABBA;
+# bench/RESULTS.md), so the step decides.
 DEFAULT_CHUNK_TOKENS = 16384
 
 
@@ -55,10 +59,97 @@ def _chunk_loss_and_grad(
     return loss_sum, grad.to(logits.dtype)
 
 
+# Columns a program of the loss kernel reads at a time (its registers hold one tile of a row: a whole row of
+# 49152 in one tile ran 1.45x slower), and its warps, as measured in the training step on an H200
+# (bench/loss_kernel.py times the others, bench/RESULTS.md).
+LOSS_KERNEL_TILE = 4096
+LOSS_KERNEL_WARPS = 8
+
+
 @functools.cache
-def _compiled_chunk_loss_and_grad() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    # One fused reduction + one fused elementwise kernel per chunk instead of ~8 passes over fp32 logits.
-    return torch.compile(_chunk_loss_and_grad, dynamic=False)
+def _loss_kernel() -> Any:
+    """The Triton kernel of `chunk_loss_and_grad_in_place` (built on first use: Triton is there wherever
+    torch.compile runs on CUDA, and nowhere else is it needed)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def cross_entropy_grad_in_place(
+        logits_ptr, targets_ptr, row_loss_ptr, grad_scale_ptr, n_cols, row_stride, ignore_index,
+        TILE: tl.constexpr, ONE_TILE: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        row_ptr = logits_ptr + row * row_stride
+        target = tl.load(targets_ptr + row).to(tl.int64)
+        valid = target != ignore_index
+        safe_target = tl.where(valid, target, 0)
+        offsets = tl.arange(0, TILE)
+        if ONE_TILE:  # the whole row fits one tile: it stays in registers between the two passes
+            x = tl.load(row_ptr + offsets, mask=offsets < n_cols, other=float("-inf")).to(tl.float32)
+            row_max = tl.max(x, 0)
+            lse = row_max + tl.log(tl.sum(tl.exp(x - row_max), 0))
+        else:
+            # Pass 1, the row's log-sum-exp online: each lane keeps its own max and its sum of exp(x - max).
+            lane_max = tl.full([TILE], float("-inf"), tl.float32)
+            lane_sum = tl.zeros([TILE], tl.float32)
+            for start in range(0, n_cols, TILE):
+                cols = start + offsets
+                x = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+                new_max = tl.maximum(lane_max, x)
+                # A lane that has seen only padding has max -inf, and exp(-inf - -inf) would be NaN.
+                shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+                lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(x - shift)
+                lane_max = new_max
+            row_max = tl.max(lane_max, 0)
+            lse = row_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - row_max), 0))
+        # Read before pass 2 writes the gradient over the logits.
+        target_logit = tl.load(row_ptr + safe_target).to(tl.float32)
+        tl.store(row_loss_ptr + row, tl.where(valid, lse - target_logit, 0.0))
+        scale = tl.where(valid, tl.load(grad_scale_ptr), 0.0)
+        # Pass 2: softmax - onehot(target), scaled. Its re-read of the row mostly hits L2, so the logits
+        # come from memory once and the gradient goes back once: the least traffic this step can have.
+        if ONE_TILE:
+            grad = (tl.exp(x - lse) - tl.where(offsets == safe_target, 1.0, 0.0)) * scale
+            tl.store(row_ptr + offsets, grad.to(logits_ptr.dtype.element_ty), mask=offsets < n_cols)
+        else:
+            for start in range(0, n_cols, TILE):
+                cols = start + offsets
+                x = tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+                grad = (tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)) * scale
+                tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < n_cols)
+
+    return cross_entropy_grad_in_place
+
+
+def chunk_loss_and_grad_in_place(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    grad_scale: torch.Tensor,
+    ignore_index: int,
+    tile: int = LOSS_KERNEL_TILE,
+    num_warps: int = LOSS_KERNEL_WARPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_chunk_loss_and_grad` as one Triton kernel that writes the gradient over `logits` and returns it.
+
+    A program per row: the row's log-sum-exp, its loss, then its gradient. On an H200 a 16384 x 49152 chunk
+    takes 1.25 ms, against 1.36 ms for the torch expression compiled by inductor (three reads of each row,
+    and a new tensor for the gradient); the floor, one read and one write, is about 0.67 ms
+    (bench/loss_kernel.py, bench/RESULTS.md).
+    """
+    if logits.dim() != 2 or logits.stride(1) != 1:
+        raise ValueError(f"expected row-major logits [tokens, vocab], got shape {tuple(logits.shape)}")
+    rows, cols = logits.shape
+    row_loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    _loss_kernel()[(rows,)](
+        logits, targets, row_loss, grad_scale, cols, logits.stride(0), ignore_index,
+        TILE=tile, ONE_TILE=tile >= cols, num_warps=num_warps,
+    )  # fmt: skip
+    return row_loss.sum(), logits
+
+
+def _use_loss_kernel(hidden: torch.Tensor) -> bool:
+    # Inside a compiled model, inductor fuses the plain function into that graph itself.
+    return hidden.is_cuda and not torch.compiler.is_compiling()
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -73,9 +164,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         chunk_tokens: int,
         ignore_index: int,
     ) -> torch.Tensor:
-        # Inside a compiled model, inductor fuses the plain function into that graph itself.
-        compile_here = hidden.is_cuda and not torch.compiler.is_compiling()
-        chunk_fn = _compiled_chunk_loss_and_grad() if compile_here else _chunk_loss_and_grad
+        chunk_fn = chunk_loss_and_grad_in_place if _use_loss_kernel(hidden) else _chunk_loss_and_grad
         num_tokens = hidden.shape[0]
         # 1 / (number of counted tokens), kept on the device: no host sync inside the step.
         grad_scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(torch.float32)

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from smollm2.cli import main
-from smollm2.distributed import free_port
+# Triton kernels (smollm2.ops' loss kernel) run on these CPU machines in Triton's interpreter; triton reads this
+# when it is first imported, and importing torch's compiler imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from smollm2.cli import main  # noqa: E402
+from smollm2.distributed import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"

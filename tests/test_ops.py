@@ -89,6 +89,52 @@ def test_fused_linear_cross_entropy_rejects_bad_shapes():
         )
 
 
+@pytest.fixture
+def interpreted_loss_kernel():
+    """ops' Triton loss kernel, which Triton's interpreter runs on CPU tensors (TRITON_INTERPRET: conftest)."""
+    pytest.importorskip("triton")  # installed with the test extra on Linux, the only platform with its wheels
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    ops._loss_kernel.cache_clear()
+    yield
+    ops._loss_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("tile", [128, 1024])  # several tiles, the last one partial / the whole row in one
+def test_loss_kernel_matches_the_torch_expression(interpreted_loss_kernel, tile):
+    torch.manual_seed(0)
+    logits = (torch.randn(12, 1000) * 8).to(torch.bfloat16)
+    logits[3, 17] = 60.0  # a dominant logit: the online max must rescale the sums before it
+    targets = torch.randint(0, 1000, (12,))
+    targets[[2, 7]] = -100
+    targets[3] = 17
+    grad_scale = torch.tensor(0.1)
+    want_loss, want_grad = ops._chunk_loss_and_grad(logits, targets, grad_scale, -100)
+    buffer = logits.clone()
+    loss, grad = ops.chunk_loss_and_grad_in_place(buffer, targets, grad_scale, -100, tile=tile, num_warps=4)
+    assert grad.data_ptr() == buffer.data_ptr()  # written over the logits
+    assert torch.allclose(loss, want_loss, rtol=1e-5)
+    # Both round the same float32 gradient to bfloat16, from exponentials computed in another order: one ulp.
+    torch.testing.assert_close(grad.float(), want_grad.float(), rtol=2**-7, atol=1e-7)
+    assert not grad[2].any() and not grad[7].any()  # ignored rows: no gradient
+
+
+def test_loss_kernel_inside_the_fused_loss_matches_plain(interpreted_loss_kernel, monkeypatch):
+    monkeypatch.setattr(ops, "_use_loss_kernel", lambda hidden: True)
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(40, 16), torch.randn(300, 16) * 0.5
+    targets = torch.randint(0, 300, (40,))
+    targets[::5] = -100
+    plain = plain_loss_and_grads(hidden, weight, targets)
+    fused = fused_loss_and_grads(hidden, weight, targets, chunk_tokens=16)
+    for want, got in zip(plain, fused):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_loss_kernel_refuses_column_major_logits():
+    with pytest.raises(ValueError, match="row-major logits"):
+        ops.chunk_loss_and_grad_in_place(torch.zeros(8, 4).t(), torch.zeros(4, dtype=torch.long), torch.tensor(1.0), 0)
+
+
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     config = SmolLM2Config(

@@ -17,33 +17,14 @@ On the device machine: python3 bench/layer_kernels.py CONFIG.yaml [MICRO_BATCH] 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from loss_kernel import timed_ms  # bench/ is the script's folder: one timing helper for the kernel benches
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smollm2.config import load_config
 from smollm2.ops import DEFAULT_CHUNK_TOKENS
-
-
-def timed_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    fn()
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / repeats
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def peak_tflops(device: torch.device, size: int, repeats: int) -> float:

@@ -243,6 +243,21 @@ def resolve_resume(
     return find_checkpoint(resume, report)
 
 
+def check_same_checkpoint(choices: list[str | None]) -> None:
+    """Every rank picks the checkpoint to resume from on its own (resolve_resume, before the process group
+    exists); `choices` are their picks, gathered: the checkpoint's tag (its step; the same folder may have
+    other paths on other nodes), None to start fresh. Ranks that see different files (a node-local
+    train.out_dir, or a shared file system whose caches lag behind the newest save) would load different
+    steps into one model: refused in one line instead."""
+    differing = next((rank for rank, choice in enumerate(choices) if choice != choices[0]), None)
+    if differing is not None:
+        raise UserError(
+            f"train.out_dir: the ranks would resume from different checkpoints (rank 0: {choices[0] or 'none'}, "
+            f"rank {differing}: {choices[differing] or 'none'}); every rank must see the same run directory, "
+            "on a file system shared by every node"
+        )
+
+
 # -- reading what a checkpoint holds ---------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from smollm2.checkpoint import (
     Checkpoint,
     check_resumable,
     check_same_architecture,
+    check_same_checkpoint,
     gather_rng_states,
     latest_good_checkpoint,
     load_checkpoint,
@@ -246,6 +247,9 @@ class Trainer:
         # a result would wait for the GPU to finish the step. A group of its own on CPU-only runs too, so that
         # every run takes this one code path.
         self.cpu_group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        choices = [None] * env.world_size
+        torch.distributed.all_gather_object(choices, checkpoint and checkpoint.tag, group=self.cpu_group)
+        check_same_checkpoint(choices)
         self.dtype = resolve_dtype(config.train.dtype, self.device)
         self.engine, self.grad_clip = build_engine(config, model.to(self.device), env.world_size, self.dtype)
         # DeepSpeed's optimizer wrappers (ZeRO, bf16 weights) clip and report the gradient norm; around

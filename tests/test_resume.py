@@ -6,9 +6,13 @@ checkpoints resumed on another number of ranks (1, 3) or another ZeRO stage go t
 universal format and match to float tolerance.
 """
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
-from conftest import MINI, SHARD_ALL, TINY_YAML, read_rows, run_train
+from conftest import MINI, SHARD_ALL, TINY_YAML, free_port, read_rows, run_train, smollm2_cmd
 
 STEPS = 8
 
@@ -155,3 +159,35 @@ def test_zero_checkpoint_refuses_zero_off(tiny_data, straight_run):
     config = load_config(TINY_YAML, [*MINI, f"data.path={tiny_data}", "train.out_dir=x", "deepspeed.zero_stage=0"])
     with pytest.raises(UserError, match="^deepspeed.zero_stage: the config says 0 but checkpoint .* stage 2; stages"):
         check_resumable(checkpoint, config.model.architecture(), 0)
+
+
+@pytest.mark.slow
+def test_ranks_that_see_different_checkpoints_refuse_to_resume(tiny_data, tmp_path, straight_run):
+    """A node-local train.out_dir, or a shared file system whose caches lag behind the newest save: each rank
+    picks the newest checkpoint it sees before the process group exists. Here rank 0's folder holds step 4 and
+    rank 1's nothing (two processes started by hand, one command line each but for the folder): both stop in
+    one line, exit 2, instead of training one model from two states."""
+    seen = tmp_path / "seen"
+    shutil.copytree(straight_run(1), seen)
+    shutil.rmtree(seen / "checkpoints" / f"step_{STEPS:08d}")
+    (seen / "checkpoints" / "latest").write_text(f"step_{STEPS // 2:08d}")
+    port = str(free_port())
+    ranks = []
+    for rank, out_dir in enumerate([seen, tmp_path / "empty"]):
+        launcher = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+        args = ["train", "--config", TINY_YAML, "--set", *MINI, f"data.path={tiny_data}", f"train.out_dir={out_dir}",
+                f"train.max_steps={STEPS}", "deepspeed.zero_stage=1", "eval.eval_every=0"]  # fmt: skip
+        env = {**os.environ, **launcher, "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        ranks.append(
+            subprocess.Popen(smollm2_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    try:
+        # Without the check the two ranks hung (past 300 s when tried): one resumed at step 4, one began at 0.
+        outputs = [process.communicate(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    for process, (out, err) in zip(ranks, outputs):
+        assert process.returncode == 2, (out + err)[-3000:]
+        assert "the ranks would resume from different checkpoints (rank 0: step_00000004, rank 1: none)" in err, err
+    assert not (tmp_path / "empty" / "checkpoints").exists()

@@ -8,8 +8,8 @@ For each linear of the layer (and one 16384-token chunk of the tied LM head) the
 each through torch's default BLAS (cuBLAS) and through cuBLASLt (`torch.backends.cuda.preferred_blas_library`),
 and wgrad also as (x.T @ dy).T (the same product with the operands' roles swapped). Then SDPA forward +
 backward at the config's heads and sequence length through cuDNN, FlashAttention-2 and memory-efficient
-attention, with the KV heads shared (enable_gqa) and repeated. TFLOP/s against the 8192^3 bf16 GEMM
-measured first in the same process.
+attention, with the KV heads shared (enable_gqa) and repeated. TFLOP/s against the bf16 peak measured first in
+the same process (smollm2.metrics.measure_peak_tflops: 8192^3 products).
 On the device machine: python3 bench/layer_kernels.py CONFIG.yaml [MICRO_BATCH] > OUT/kernels.txt
 (`--tiny`: small shapes on CPU, to check the code paths.)
 """
@@ -24,13 +24,8 @@ from loss_kernel import timed_ms  # bench/ is the script's folder: one timing he
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smollm2.config import load_config
+from smollm2.metrics import measure_peak_tflops
 from smollm2.ops import DEFAULT_CHUNK_TOKENS
-
-
-def peak_tflops(device: torch.device, size: int, repeats: int) -> float:
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    return 2 * size**3 / timed_ms(lambda: a @ b, device, repeats) / 1e9
 
 
 def gemm_rows(name: str, tokens: int, d_in: int, d_out: int, device: torch.device, repeats: int) -> list[tuple]:
@@ -109,7 +104,7 @@ def main() -> None:
     if args.tiny:
         micro_batch = 2
     tokens = micro_batch * seq
-    peak = peak_tflops(device, 256 if args.tiny else 8192, repeats)
+    peak = measure_peak_tflops(device, torch.bfloat16)
     print(f"{args.config}: micro-batch {micro_batch} x {seq} = {tokens} tokens; bf16 peak {peak:.1f} TFLOP/s")
     head_dim = model.hidden_size // model.num_attention_heads
     linears = [

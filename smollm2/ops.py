@@ -59,9 +59,9 @@ def _chunk_loss_and_grad(
     return loss_sum, grad.to(logits.dtype)
 
 
-# Columns a program of the loss kernel reads at a time (its registers hold one tile of a row: a whole row of
-# 49152 in one tile ran 1.45x slower), and its warps, as measured in the training step on an H200
-# (bench/loss_kernel.py times the others, bench/RESULTS.md).
+# Columns a program of the loss kernel reads at a time (its registers hold one tile of a row: a variant that held
+# a whole row of 49152 in registers across both passes ran 1.45x slower), and its warps, as measured in the
+# training step on an H200 (bench/loss_kernel.py times the others, bench/RESULTS.md).
 LOSS_KERNEL_TILE = 4096
 LOSS_KERNEL_WARPS = 8
 
@@ -75,8 +75,7 @@ def _loss_kernel() -> Any:
 
     @triton.jit
     def cross_entropy_grad_in_place(
-        logits_ptr, targets_ptr, row_loss_ptr, grad_scale_ptr, n_cols, row_stride, ignore_index,
-        TILE: tl.constexpr, ONE_TILE: tl.constexpr,
+        logits_ptr, targets_ptr, row_loss_ptr, grad_scale_ptr, n_cols, row_stride, ignore_index, TILE: tl.constexpr
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + row * row_stride
@@ -84,39 +83,29 @@ def _loss_kernel() -> Any:
         valid = target != ignore_index
         safe_target = tl.where(valid, target, 0)
         offsets = tl.arange(0, TILE)
-        if ONE_TILE:  # the whole row fits one tile: it stays in registers between the two passes
-            x = tl.load(row_ptr + offsets, mask=offsets < n_cols, other=float("-inf")).to(tl.float32)
-            row_max = tl.max(x, 0)
-            lse = row_max + tl.log(tl.sum(tl.exp(x - row_max), 0))
-        else:
-            # Pass 1, the row's log-sum-exp online: each lane keeps its own max and its sum of exp(x - max).
-            lane_max = tl.full([TILE], float("-inf"), tl.float32)
-            lane_sum = tl.zeros([TILE], tl.float32)
-            for start in range(0, n_cols, TILE):
-                cols = start + offsets
-                x = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
-                new_max = tl.maximum(lane_max, x)
-                # A lane that has seen only padding has max -inf, and exp(-inf - -inf) would be NaN.
-                shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-                lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(x - shift)
-                lane_max = new_max
-            row_max = tl.max(lane_max, 0)
-            lse = row_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - row_max), 0))
+        # Pass 1, the row's log-sum-exp online: each lane keeps its own max and its sum of exp(x - max).
+        lane_max = tl.full([TILE], float("-inf"), tl.float32)
+        lane_sum = tl.zeros([TILE], tl.float32)
+        for start in range(0, n_cols, TILE):
+            cols = start + offsets
+            x = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(lane_max, x)
+            # A lane that has seen only padding has max -inf, and exp(-inf - -inf) would be NaN.
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(x - shift)
+            lane_max = new_max
+        row_max = tl.max(lane_max, 0)
+        lse = row_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - row_max), 0))
         # Read before pass 2 writes the gradient over the logits.
         target_logit = tl.load(row_ptr + safe_target).to(tl.float32)
         tl.store(row_loss_ptr + row, tl.where(valid, lse - target_logit, 0.0))
         scale = tl.where(valid, tl.load(grad_scale_ptr), 0.0)
-        # Pass 2: softmax - onehot(target), scaled. Its re-read of the row mostly hits L2, so the logits
-        # come from memory once and the gradient goes back once: the least traffic this step can have.
-        if ONE_TILE:
-            grad = (tl.exp(x - lse) - tl.where(offsets == safe_target, 1.0, 0.0)) * scale
-            tl.store(row_ptr + offsets, grad.to(logits_ptr.dtype.element_ty), mask=offsets < n_cols)
-        else:
-            for start in range(0, n_cols, TILE):
-                cols = start + offsets
-                x = tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
-                grad = (tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)) * scale
-                tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < n_cols)
+        # Pass 2: softmax - onehot(target), scaled, over the same tiles (each row is read twice, written once).
+        for start in range(0, n_cols, TILE):
+            cols = start + offsets
+            x = tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+            grad = (tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)) * scale
+            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < n_cols)
 
     return cross_entropy_grad_in_place
 
@@ -142,7 +131,7 @@ def chunk_loss_and_grad_in_place(
     row_loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
     _loss_kernel()[(rows,)](
         logits, targets, row_loss, grad_scale, cols, logits.stride(0), ignore_index,
-        TILE=tile, ONE_TILE=tile >= cols, num_warps=num_warps,
+        TILE=tile, num_warps=num_warps,
     )  # fmt: skip
     return row_loss.sum(), logits
 

@@ -43,9 +43,8 @@ def test_compiled_layers_hold_one_graph_without_breaks(stage):
     """Under ZeRO 3 DeepSpeed hooks every module to gather its weights; with hooks on the Linears inside a
     compiled layer, dynamo broke that layer's graph at each of them (35 breaks, 14 graphs here). Each layer
     is a ZeRO-3 leaf module and only its forward is compiled: one graph serves all ten layers, and one the final
-    norm (compiled as well). DeepSpeed's
-    memory-efficient linear, which recompiled each layer on a CUDA device (its weights' ZeRO ids are guarded),
-    stays off: F.linear is torch's own."""
+    norm (compiled as well). DeepSpeed's memory-efficient linear, which recompiled each layer on a CUDA device
+    (its weights' ZeRO ids are guarded), stays off: F.linear is torch's own."""
     result = subprocess.run(
         [sys.executable, "-c", COMPILE_SCRIPT, str(free_port()), str(stage)],
         cwd=ROOT,

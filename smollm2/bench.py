@@ -18,7 +18,9 @@ table); `--baseline` also times transformers' LlamaForCausalLM of the same shape
 fused AdamW, torch.compile) on random tokens, one optimizer step per micro-batch, as many micro-batches
 as the trainer's, so the ratio comes from one process on one GPU. `--profile DIR` writes torch.profiler's
 kernel table of one more step per config and adds that step's NCCL kernel time to the row
-(communication_kernel_ms: overlapped with compute or not). With `model.document_masking=true` the row also
+(communication_kernel_ms: overlapped with compute or not); on CUDA the table ends with the time the device
+sat idle within that step and its longest gaps (profiled_idle_ms: host work the GPU waited for, such as a
+synchronization; the profiler's own overhead lengthens them). With `model.document_masking=true` the row also
 says how many documents a training block holds on average (documents_per_block): the fewer and longer,
 the closer masked attention's work is to plain causal attention's (MFU counts the full causal work either way).
 The run directory is a temporary one: a bench never touches `train.out_dir`.
@@ -160,12 +162,16 @@ def time_steps(
     )
 
 
-def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path | None) -> float:
+def profile_step(
+    optimizer_step: Callable[[Callable[[], None]], None], device: Any, path: Path | None
+) -> tuple[float, float | None]:
     """torch.profiler over one more optimizer step; writes its kernels by device time (host time on CPU)
-    to `path` (every rank profiles, so that collectives stay in step; rank 0 passes the path).
+    to `path` (every rank profiles, so that collectives stay in step; rank 0 passes the path), and on CUDA
+    where the device sat idle within the step (`idle_gaps`).
 
     Returns the device time of the step's communication kernels (NCCL) in ms, overlapped with compute
-    or not: 0 on CPU, where gloo runs on the host.
+    or not (0 on CPU, where gloo runs on the host), and the device's idle time within the step in ms
+    (None on CPU).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -176,11 +182,45 @@ def profile_step(optimizer_step: Callable[[Callable[[], None]], None], device: A
         if device.type == "cuda":
             torch.cuda.synchronize()
     events = prof.key_averages()
+    idle_ms, idle_lines = None, []
+    if device.type == "cuda":
+        device_events = [
+            (e.start_ns(), e.end_ns(), e.name())
+            for e in prof.profiler.kineto_results.events()
+            if e.device_type() == torch.autograd.DeviceType.CUDA
+        ]
+        idle_ms, idle_lines = idle_gaps(device_events)
     if path is not None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        path.write_text(events.table(sort_by=sort, row_limit=50, max_name_column_width=100) + "\n")
+        table = events.table(sort_by=sort, row_limit=50, max_name_column_width=100)
+        path.write_text(table + "\n" + "".join(line + "\n" for line in idle_lines))
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1e3
+    return sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1e3, idle_ms
+
+
+def idle_gaps(intervals: list[tuple[int, int, str]], listed: int = 15) -> tuple[float, list[str]]:
+    """Where a device sat idle between its first and last activity: [(start_ns, end_ns, name)] of its
+    kernels and copies -> (idle ms, lines: the total, then the `listed` longest gaps with the activities
+    on either side). Overlapping activities (several streams) count once."""
+    spans = sorted(intervals)
+    if not spans:
+        return 0.0, ["device idle: no device activity"]
+    gaps = []
+    busy_until, last_name = spans[0][1], spans[0][2]
+    for start, end, name in spans[1:]:
+        if start > busy_until:
+            gaps.append((start - busy_until, last_name, name))
+        if end > busy_until:
+            busy_until, last_name = end, name
+    idle_ns = sum(gap for gap, _, _ in gaps)
+    span_ns = busy_until - spans[0][0]
+    lines = [
+        f"device idle: {idle_ns / 1e6:.2f} ms of {span_ns / 1e6:.2f} ms from the step's first device activity "
+        f"to its last ({100 * idle_ns / span_ns if span_ns else 0.0:.2f} %), in {len(gaps)} gaps; the longest:"
+    ]
+    for gap, before, after in sorted(gaps, reverse=True)[:listed]:
+        lines.append(f"  {gap / 1e6:8.3f} ms after {before[:80]} | before {after[:80]}")
+    return idle_ns / 1e6, lines
 
 
 def documents_per_block(dataset: Any, eos_token_id: int, blocks: int = 256) -> float:
@@ -220,9 +260,11 @@ def run_trainer(
                 "not the time of a training step"
             )
         timing.data_wait_ms = 1e3 * timed.data_wait / steps
-        communication_ms = None
+        communication_ms = idle_ms = None
         if profile_to is not None:
-            communication_ms = profile_step(optimizer_step, trainer.device, profile_to if env.is_main else None)
+            communication_ms, idle_ms = profile_step(
+                optimizer_step, trainer.device, profile_to if env.is_main else None
+            )
         t, world = config.train, env.world_size
         row = result_row(
             "trainer",
@@ -245,6 +287,7 @@ def run_trainer(
             ds_optimizer=type(trainer.engine.optimizer).__name__,
             trainer_peak_tflops=trainer.peak_tflops,
             communication_kernel_ms=communication_ms,
+            profiled_idle_ms=idle_ms,
             document_masking=config.model.document_masking,
             documents_per_block=(
                 documents_per_block(trainer.data.mixture.train, config.model.eos_token_id)
@@ -549,6 +592,11 @@ def report(result: dict[str, Any], peak: float) -> str:
         "(overlapped with compute or not)"
         for row in result["results"]
         if row.get("communication_kernel_ms") is not None
+    ]
+    lines += [
+        f"{row['name']}: the device sat idle {row['profiled_idle_ms']:.1f} ms of the profiled step (gaps: its profile)"
+        for row in result["results"]
+        if row.get("profiled_idle_ms") is not None
     ]
     lines += [
         f"{row['name']}: document masking, {row['documents_per_block']:.2f} documents per block on average"

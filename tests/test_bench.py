@@ -72,6 +72,18 @@ def test_time_steps_splits_each_step_into_its_phases():
 
 
 @pytest.mark.slow
+def test_idle_gaps_counts_time_no_device_activity_covers():
+    # Two streams overlap (b inside a, c past a's end); then a 5 ms gap; then a 1 ms gap.
+    ms = 1_000_000
+    intervals = [(0, 10 * ms, "a"), (2 * ms, 4 * ms, "b"), (8 * ms, 12 * ms, "c"), (17 * ms, 18 * ms, "d"),
+                 (19 * ms, 20 * ms, "e")]  # fmt: skip
+    idle_ms, lines = bench.idle_gaps(list(reversed(intervals)), listed=1)
+    assert idle_ms == pytest.approx(6.0)
+    assert lines[0].startswith("device idle: 6.00 ms of 20.00 ms") and "(30.00 %), in 2 gaps" in lines[0]
+    assert lines[1:] == ["     5.000 ms after c | before d"]  # the longest only, named by its neighbours
+    assert bench.idle_gaps([]) == (0.0, ["device idle: no device activity"])
+
+
 def test_bench_cli_times_the_trainer_and_the_baseline(hamlet_paragraphs_data, tmp_path):
     out, run_dir, profiles = tmp_path / "bench.json", tmp_path / "run", tmp_path / "profiles"
     result = subprocess.run(

@@ -2,7 +2,7 @@
 # Issue 15, fifth round on one H200: where the device sits idle within a training step, and what the step's one
 # host synchronization (the trainer reads the gradient norm's finiteness before the optimizer) costs.
 # From the repository root on the device machine, carrying .device-wheels and data/bench-shakespeare:
-#   bash bench/issue15e_h200.sh PARTS     PARTS: any of "gaps nosync 1.7b"
+#   bash bench/issue15e_h200.sh PARTS     PARTS: any of "gaps nosync inductor 1.7b"
 #   gaps     configs/smollm2-135m.yaml and configs/smollm2-360m.yaml (micro-batch 256) with --profile: each
 #            table ends with the profiled step's idle time and longest gaps (smollm2.bench.idle_gaps)
 #   nosync   bench/compare_code_h200.sh of this code against a copy whose trainer never reads the norm back
@@ -11,9 +11,10 @@
 #   inductor configs/smollm2-135m.yaml with inductor's defaults, with TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
 #            (block sizes of the norm/RoPE/SwiGLU kernels tuned by trial) and with
 #            TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1, in the order A B C C B A
-#   1.7b     configs/smollm2-1.7b.yaml (global batch 128) at micro-batch 32 and 64, with the baseline
-# Writes under $OUT: issue15e.log, compare_nosync.log, prof*/ and the benches' JSON in json.tgz (the device
-# machine sends back 8 files at most).
+#   1.7b     bench/issue15d_h200.sh's part of that name: configs/smollm2-1.7b.yaml (global batch 128) at
+#            micro-batch 32 and 64, with the baseline (its log: issue15d.log)
+# Writes under $OUT: issue15e.log, compare_nosync.log, issue15d.log (1.7b), prof*/ and the benches' JSON in
+# json.tgz (the device machine sends back 8 files at most).
 set -u
 PARTS=${1:-gaps nosync}
 LOG_NAME=issue15e.log
@@ -51,9 +52,7 @@ if [[ " $PARTS " == *" inductor "* ]]; then
   variant cdt 2 TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 && variant default 2
 fi
 if [[ " $PARTS " == *" 1.7b "* ]]; then
-  run "1.7b" 300 python3 -m smollm2 bench --config configs/smollm2-1.7b.yaml "${SHAKESPEARE[@]}" \
-    train.global_batch_size=128 --vary train.micro_batch_size=32,64 --baseline --baseline-micro-batch 32 \
-    --steps 4 --warmup 2 --out "$OUT/bench_1.7b.json"
+  bash bench/issue15d_h200.sh 1.7b | tee -a "$LOG"
 fi
 summarize_benches
 (cd "$OUT" && tar czf json.tgz bench_*.json && rm bench_*.json)

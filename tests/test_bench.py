@@ -71,7 +71,6 @@ def test_time_steps_splits_each_step_into_its_phases():
         bench.time_steps(optimizer_step, torch.device("cpu"), accumulation=1, warmup=0, steps=1)
 
 
-@pytest.mark.slow
 def test_idle_gaps_counts_time_no_device_activity_covers():
     # Two streams overlap (b inside a, c past a's end); then a 5 ms gap; then a 1 ms gap.
     ms = 1_000_000
@@ -84,6 +83,7 @@ def test_idle_gaps_counts_time_no_device_activity_covers():
     assert bench.idle_gaps([]) == (0.0, ["device idle: no device activity"])
 
 
+@pytest.mark.slow
 def test_bench_cli_times_the_trainer_and_the_baseline(hamlet_paragraphs_data, tmp_path):
     out, run_dir, profiles = tmp_path / "bench.json", tmp_path / "run", tmp_path / "profiles"
     result = subprocess.run(

@@ -5,8 +5,8 @@
 #   bash bench/compare_code_h200.sh DIR_A DIR_B [DIR_C ...]     each DIR holds a copy of smollm2/ and configs/
 # Run from the repository root on the device machine, carrying .device-wheels, data/bench-shakespeare and the
 # folders (e.g. made with `git archive COMMIT smollm2 configs | tar -x -C DIR`). STEPS (default 8) timed steps a
-# run. Writes under $OUT: compare.log and bench_<dir name><1|2>.json; prints each run's tokens/s and each
-# copy's mean over the first's.
+# run; SET: more KEY=VALUE config settings for every run. Writes under $OUT: compare.log and
+# bench_<dir name><1|2>.json; prints each run's tokens/s and each copy's mean over the first's.
 set -u
 STEPS=${STEPS:-8}
 CONFIG=${CONFIG:-configs/smollm2-135m.yaml}
@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | te
 bench() {  # LABEL DIR: run inside DIR, so that `python -m smollm2` imports DIR's copy
   note "bench $1: $2"
   (cd "$2" && PYTHONPATH=/tmp/site timeout 230 python3 -m smollm2 bench --config "$CONFIG" \
-    --set data.path="$ROOT/data/bench-shakespeare" --steps "$STEPS" --warmup 2 --out "$OUT/bench_$1.json") >> "$LOG" 2>&1
+    --set data.path="$ROOT/data/bench-shakespeare" ${SET:-} --steps "$STEPS" --warmup 2 --out "$OUT/bench_$1.json") >> "$LOG" 2>&1
 }
 DIRS=("$@")
 for dir in "${DIRS[@]}"; do bench "$(basename "$dir")1" "$dir"; done

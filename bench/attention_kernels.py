@@ -28,7 +28,7 @@ BATCH, SEQ, HEADS, KV_HEADS, HEAD_DIM = 64, 2048, 9, 3, 64
 # The documented FlexAttention options that looked safe for a document-causal mask (every row has its
 # diagonal; a row's allowed key tiles run from its document's first tile to the diagonal). They are not: on
 # the paragraph blocks every one of these rows came out NaN, and a trainer run with ROWS_GUARANTEED_SAFE
-# alone trained on NaN (bench/RESULTS.md, 2026-12-02, second round). The model uses the defaults.
+# alone trained on NaN (bench/RESULTS.md, "Sequence 2048 and document masking"). The model uses the defaults.
 FLEX_OPTIONS = [
     {},
     {"ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True},

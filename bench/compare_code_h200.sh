@@ -5,19 +5,23 @@
 #   bash bench/compare_code_h200.sh DIR_A DIR_B [DIR_C ...]     each DIR holds a copy of smollm2/ and configs/
 # Run from the repository root on the device machine, carrying .device-wheels, data/bench-shakespeare and the
 # folders (e.g. made with `git archive COMMIT smollm2 configs | tar -x -C DIR`). STEPS (default 8) timed steps a
-# run; SET: more KEY=VALUE config settings for every run. Writes under $OUT: compare.log and
-# bench_<dir name><1|2>.json; prints each run's tokens/s and each copy's mean over the first's.
+# run; SET: more KEY=VALUE config settings for every run; LIMIT (default 230) seconds a run. Writes under $OUT:
+# compare.log and bench_<dir name><1|2>.json; prints each run's tokens/s and each copy's mean over the first's.
 set -u
+[ $# -ge 2 ] || { echo "usage: bash bench/compare_code_h200.sh DIR_A DIR_B [DIR_C ...]" >&2; exit 2; }
+for dir in "$@"; do
+  [ -f "$dir/smollm2/__init__.py" ] || { echo "compare_code_h200.sh: $dir holds no smollm2/ (expected a copy of the code)" >&2; exit 2; }
+done
 STEPS=${STEPS:-8}
 CONFIG=${CONFIG:-configs/smollm2-135m.yaml}
 LOG_NAME=${LOG_NAME:-compare.log}
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
 ROOT=$PWD
-nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$LOG"
 bench() {  # LABEL DIR: run inside DIR, so that `python -m smollm2` imports DIR's copy
   note "bench $1: $2"
-  (cd "$2" && PYTHONPATH=/tmp/site timeout 230 python3 -m smollm2 bench --config "$CONFIG" \
+  # shellcheck disable=SC2086  # SET: KEY=VALUE words
+  (cd "$2" && PYTHONPATH=/tmp/site timeout "${LIMIT:-230}" python3 -m smollm2 bench --config "$CONFIG" \
     --set data.path="$ROOT/data/bench-shakespeare" ${SET:-} --steps "$STEPS" --warmup 2 --out "$OUT/bench_$1.json") >> "$LOG" 2>&1
 }
 DIRS=("$@")

@@ -1,5 +1,6 @@
-"""FlashAttention-3 (the Hopper kernels of Dao-AILab's flash-attention) as a torch custom op, for the experiments of
-bench/fa3_attention.py and bench/fa3_experiment.patch; not used by smollm2/.
+"""FlashAttention-3 (the Hopper kernels of Dao-AILab's flash-attention) as a torch custom op, for bench/fa3_attention.py
+and for trying it inside the model (the experiment of bench/RESULTS.md routed the model's unmasked causal attention
+through `attention` below; its patch is in git history, bench/fa3_experiment.patch at 5f804d0); not used by smollm2/.
 
 FA3 has no wheel for torch 2.11 on the package index; xformers 0.0.34 bundles a build of it
 (xformers/flash_attn_3/_C.so, 355 MB, built against torch's stable C ABI and CUDA 12's runtime, so it loads in

@@ -9,7 +9,7 @@ each through torch's default BLAS (cuBLAS) and through cuBLASLt (`torch.backends
 and wgrad also as (x.T @ dy).T (the same product with the operands' roles swapped). Then SDPA forward +
 backward at the config's heads and sequence length through cuDNN, FlashAttention-2 and memory-efficient
 attention, with the KV heads shared (enable_gqa) and repeated. TFLOP/s against the bf16 peak measured first in
-the same process (smollm2.metrics.measure_peak_tflops: 8192^3 products).
+the same process (smollm2.perf.measure_peak_tflops: 8192^3 products).
 On the device machine: python3 bench/layer_kernels.py CONFIG.yaml [MICRO_BATCH] > OUT/kernels.txt
 (`--tiny`: small shapes on CPU, to check the code paths.)
 """
@@ -24,8 +24,8 @@ from loss_kernel import timed_ms  # bench/ is the script's folder: one timing he
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smollm2.config import load_config
-from smollm2.metrics import measure_peak_tflops
 from smollm2.ops import DEFAULT_CHUNK_TOKENS
+from smollm2.perf import measure_peak_tflops
 
 
 def gemm_rows(name: str, tokens: int, d_in: int, d_out: int, device: torch.device, repeats: int) -> list[tuple]:

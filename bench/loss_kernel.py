@@ -37,8 +37,8 @@ def chunk_log_softmax(
 
 
 COMPILED = {"logsumexp, compiled": ops._chunk_loss_and_grad, "log_softmax, compiled": chunk_log_softmax}
-# (tile, warps) of ops.chunk_loss_and_grad_in_place. (The eighth session's runs also timed a variant, since
-# removed, that held a whole 49152-wide row in one 65536 tile across both passes: 1.45x slower.)
+# (tile, warps) of ops.chunk_loss_and_grad_in_place. (A variant that held a whole 49152-wide row in one tile across
+# both passes was timed too, found slower and removed from smollm2/ops.py: bench/RESULTS.md.)
 KERNEL_CONFIGS = [(2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
 
 

@@ -50,9 +50,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smollm2.bench import Clock  # noqa: E402
-from smollm2.metrics import flops_per_token as flops_per_token_of  # noqa: E402
-from smollm2.metrics import measure_peak_tflops  # noqa: E402
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM  # noqa: E402
+from smollm2.perf import flops_per_token as flops_per_token_of  # noqa: E402
+from smollm2.perf import measure_peak_tflops  # noqa: E402
 
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 
@@ -99,9 +99,9 @@ def followup_variants() -> list[Variant]:
 
 
 def tuning_variants() -> list[Variant]:
-    """Second session: inductor's coordinate-descent tuning, with the trainer's foreach clipping, at
-    micro-batch 256. (The same calls measured q/k/v and gate/up as single matmuls on concatenated weights:
-    slower, and removed; bench/RESULTS.md.)"""
+    """Inductor's coordinate-descent tuning, with the trainer's foreach clipping, at micro-batch 256. (The same
+    calls of 2026-11-28 measured q/k/v and gate/up as single matmuls on concatenated weights: slower, and
+    removed; bench/RESULTS.md.)"""
     now = Variant("ds0-autocast-foreachclip-gqa-mb256", precision="autocast", clip="foreach", micro_batch=256)
     return [now, replace(now, name="ds0-autocast-foreachclip-gqa-coorddesc-mb256", coordinate_descent=True)]
 

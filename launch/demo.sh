@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: training from scratch, then continued pretraining of the real SmolLM2-135M on Shakespeare,
-# each scored before and after: 4 min 23 s measured on 2 CPU cores (README "The demo" has the figures).
+# each scored before and after: 4 min 23 s measured on 2 CPU cores (docs/demo.md has the figures).
 #
 #   bash launch/demo.sh [--set key=value ...]          # from any directory; extra args go to both `smollm2 train`s
 #

@@ -12,7 +12,7 @@ steps of Trainer.train_step, the function `smollm2 train` runs, split into
 
 on the device's own timeline (CUDA events; the host clock on CPU), and prints tokens/s, MFU against the
 bf16 matmul rate measured once in this process (docs/design.md's formula and peak: 20 products of 8192^3
-after 3; about 800 TFLOP/s on an H200) and against the datasheet figure, and peak memory after warm-up.
+after 3) and against the datasheet figure, and peak memory after warm-up.
 `--vary KEY=A,B,...` benches one config per value in this one process (e.g. the activation-checkpointing
 table); `--baseline` also times transformers' LlamaForCausalLM of the same shape (SDPA, bf16 autocast,
 fused AdamW, torch.compile) on random tokens, one optimizer step per micro-batch, as many micro-batches
@@ -235,7 +235,8 @@ def run_trainer(
     config: Any, env: Any, warmup: int, steps: int, peak_tflops: float, profile_to: Path | None = None
 ) -> dict[str, Any]:
     """Bench the trainer's own optimizer step (Trainer.train_step) on its own data; returns a result row."""
-    from smollm2.trainer import Trainer, Window
+    from smollm2.perf import Window
+    from smollm2.trainer import Trainer
 
     trainer = Trainer(config, env)
     batches = trainer.batches()
@@ -265,39 +266,45 @@ def run_trainer(
             communication_ms, idle_ms = profile_step(
                 optimizer_step, trainer.device, profile_to if env.is_main else None
             )
-        t, world = config.train, env.world_size
+        t = config.train
         row = result_row(
             "trainer",
             timing,
             t.global_batch_size * config.model.block_size,
-            world,
+            env.world_size,
             trainer.flops_per_token,
             peak_tflops,
             trainer.device,
             float(timed.loss_sum) / timed.micro_batches,
         )
         row.update(
-            micro_batch_size=t.micro_batch_size,
-            seq_len=config.model.block_size,
-            accumulation=trainer.accumulation,
-            zero_stage=config.deepspeed.zero_stage,
-            dtype=str(trainer.dtype).removeprefix("torch."),
-            compile=t.compile,
-            activation_checkpointing=t.activation_checkpointing,
-            ds_optimizer=type(trainer.engine.optimizer).__name__,
-            trainer_peak_tflops=trainer.peak_tflops,
-            communication_kernel_ms=communication_ms,
-            profiled_idle_ms=idle_ms,
-            document_masking=config.model.document_masking,
-            documents_per_block=(
-                documents_per_block(trainer.data.mixture.train, config.model.eos_token_id)
-                if config.model.document_masking
-                else None
-            ),
+            _trainer_settings(trainer, config), communication_kernel_ms=communication_ms, profiled_idle_ms=idle_ms
         )
         return row
     finally:
         trainer.release()  # the DataLoader workers end with `batches`, when this returns
+
+
+def _trainer_settings(trainer: Any, config: Any) -> dict[str, Any]:
+    """What a trainer row was measured with."""
+    t = config.train
+    return dict(
+        micro_batch_size=t.micro_batch_size,
+        seq_len=config.model.block_size,
+        accumulation=trainer.accumulation,
+        zero_stage=config.deepspeed.zero_stage,
+        dtype=str(trainer.dtype).removeprefix("torch."),
+        compile=t.compile,
+        activation_checkpointing=t.activation_checkpointing,
+        ds_optimizer=type(trainer.engine.optimizer).__name__,
+        trainer_peak_tflops=trainer.peak_tflops,
+        document_masking=config.model.document_masking,
+        documents_per_block=(
+            documents_per_block(trainer.data.mixture.train, config.model.eos_token_id)
+            if config.model.document_masking
+            else None
+        ),
+    )
 
 
 def run_baseline(
@@ -308,8 +315,8 @@ def run_baseline(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from smollm2.hf import hf_config_dict
-    from smollm2.metrics import flops_per_token
     from smollm2.model import SmolLM2Config
+    from smollm2.perf import flops_per_token
 
     arch = config.model
     hf_config = LlamaConfig(**hf_config_dict(SmolLM2Config(**arch.architecture())))
@@ -363,7 +370,7 @@ def result_row(
     device: Any,
     loss: float,
 ) -> dict[str, Any]:
-    from smollm2.metrics import peak_memory_gib
+    from smollm2.perf import peak_memory_gib
 
     tokens_per_s = tokens_per_step / (timing.step_ms / 1e3)
     per_device_flops = tokens_per_s / world_size * flops_per_token
@@ -465,10 +472,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from smollm2.atomic import write_text_atomic
-    from smollm2.config import load_config
     from smollm2.distributed import discover
     from smollm2.engine import leave_process_group, resolve_dtype
-    from smollm2.metrics import measure_peak_tflops
+    from smollm2.perf import measure_peak_tflops
 
     baseline_micro_batches = _positive_ints("--baseline-micro-batch", args.baseline_micro_batch)
     env = discover()
@@ -483,25 +489,9 @@ def run(args: argparse.Namespace) -> int:
     datasheet = args.datasheet_tflops or (DATASHEET_TFLOPS_CUDA if device.type == "cuda" else None)
     errors: list[dict[str, Any]] = []
 
-    def finished(row: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Completes a row and prints it at once, so that a bench cut off by a time limit keeps what it ran."""
-        if row is None:
-            return []
-        row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
-        if env.is_main:
-            print(format_row(row), flush=True)
-        return [row]
-
+    finished = partial(_finished, datasheet=datasheet, is_main=env.is_main)
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as run_dir:
-        # Every config is read (and checked) before the first one runs. The run directory override comes
-        # last, so it wins: a bench never writes into a real run directory.
-        configs = [
-            (
-                f"trainer {label}".strip(),
-                load_config(args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size),
-            )
-            for i, (label, extra) in enumerate(vary_overrides(args.vary))
-        ]
+        configs = _configs(args, env, run_dir)
         peak = measure_peak_tflops(device, resolve_dtype(configs[0][1].train.dtype, device))
         if env.is_main:
             print(TABLE_HEADER, flush=True)
@@ -518,26 +508,12 @@ def run(args: argparse.Namespace) -> int:
             failures = "; ".join(f"{e['name']}: {e['error']}" for e in errors)
             raise RunFailed(f"no configuration gave a timing: {failures}")
         baselines = []
-        if args.baseline:
-            # As many micro-batches as the trainer's steps (it steps the optimizer after each one).
-            accumulation = config.train.gradient_accumulation_steps(env.world_size)
-            for micro in baseline_micro_batches or [config.train.micro_batch_size]:
-                baselines += finished(
-                    measure_or_note(
-                        f"hf-{args.baseline} mb{micro}",
-                        partial(
-                            run_baseline,
-                            config,
-                            micro,
-                            args.baseline,
-                            device,
-                            peak,
-                            args.warmup * accumulation,
-                            args.steps * accumulation,
-                        ),
-                        errors,
-                    )
-                )
+        # As many micro-batches as the trainer's steps (it steps the optimizer after each one).
+        accumulation = config.train.gradient_accumulation_steps(env.world_size)
+        for micro in (baseline_micro_batches or [config.train.micro_batch_size]) if args.baseline else []:
+            warmup, steps = args.warmup * accumulation, args.steps * accumulation
+            run_one = partial(run_baseline, config, micro, args.baseline, device, peak, warmup, steps)
+            baselines += finished(measure_or_note(f"hf-{args.baseline} mb{micro}", run_one, errors))
     result = bench_result(args, device, datasheet, trainer_rows, baselines, errors)
     if env.is_main:
         print(report(result, peak))
@@ -545,6 +521,30 @@ def run(args: argparse.Namespace) -> int:
             write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     leave_process_group()
     return 0
+
+
+def _finished(row: dict[str, Any] | None, datasheet: float | None, is_main: bool) -> list[dict[str, Any]]:
+    """Completes a row and prints it at once, so that a bench cut off by a time limit keeps what it ran."""
+    if row is None:
+        return []
+    row["mfu_datasheet"] = row["mfu"] * row["peak_tflops"] / datasheet if datasheet else None
+    if is_main:
+        print(format_row(row), flush=True)
+    return [row]
+
+
+def _configs(args: argparse.Namespace, env: Any, run_dir: str) -> list[tuple[str, Any]]:
+    """(name, config) of every config to bench (one per --vary value), each read and checked before the first
+    runs. The run directory override comes last, so it wins: a bench never writes into a real run directory."""
+    from smollm2.config import load_config
+
+    return [
+        (
+            f"trainer {label}".strip(),
+            load_config(args.config, [*args.overrides, *extra, f"train.out_dir={run_dir}/{i}"], env.world_size),
+        )
+        for i, (label, extra) in enumerate(vary_overrides(args.vary))
+    ]
 
 
 def bench_result(

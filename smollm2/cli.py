@@ -20,7 +20,7 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 VERBS = {
     "tokenizer": ("smollm2.tokenizer", "train a byte-level BPE tokenizer, or extract one from a GGUF file"),
     "prepare": ("smollm2.prepare", "tokenize a corpus into packed train/val token files"),
-    "train": ("smollm2.trainer", "train a model with DeepSpeed (under any launcher)"),
+    "train": ("smollm2.train", "train a model with DeepSpeed (under any launcher)"),
     "eval": ("smollm2.evaluate", "val loss, samples and multiple-choice tasks of a checkpoint; --watch a run"),
     "tasks": ("smollm2.tasks", "build the next-line multiple-choice task from a prepared corpus's held-out text"),
     "generate": ("smollm2.generate", "generate text from a run, a Hugging Face folder or a GGUF file"),

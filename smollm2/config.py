@@ -5,8 +5,9 @@
 The defaults are SmolLM2-135M's recipe: configs/smollm2-135m.yaml lists every key with its default (a
 test keeps the two in step). Unknown keys, wrong types and impossible values raise UserError naming the
 key, so `smollm2 train` exits 2 with one line. Checks that involve two keys are in `Config.validate`.
-The resolved tree, every default filled in, is what a run writes to RUN_DIR/config.yaml. This module
-needs neither torch nor the model, so a config is checked before anything heavy is imported.
+The resolved tree, every default filled in, is what a run writes to RUN_DIR/config.yaml. The model
+section is the model's own config class (smollm2.model.SmolLM2Config), so its fields, defaults and checks
+are written once.
 
 Batch sizes are counted in samples (sequences of `model.block_size` tokens): `train.micro_batch_size`
 per GPU per forward, `train.global_batch_size` per optimizer step. Gradient accumulation is derived:
@@ -33,9 +34,9 @@ import yaml
 
 from smollm2.atomic import write_text_atomic
 from smollm2.errors import UserError
+from smollm2.model import SmolLM2Config
 
 NO_DECAY_KINDS = ("norm", "embedding", "bias")
-ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")  # smollm2.model.ACTIVATIONS (a test keeps them equal)
 
 
 def key(
@@ -70,65 +71,24 @@ def _positive_or_null(value: Any) -> bool:
 
 
 @dataclass
-class ModelConfig:
-    """The model's hyperparameters (the fields of smollm2.model.SmolLM2Config) plus where its weights start."""
+class ModelConfig(SmolLM2Config):
+    """The model section: the architecture (smollm2.model.SmolLM2Config: its fields, defaults and checks) plus
+    where its weights start. Its fields are listed with their meaning in configs/smollm2-135m.yaml."""
 
-    vocab_size: int = key(49152, _positive, "must be > 0")  # the SmolLM2 (cosmo2) tokenizer's
-    hidden_size: int = key(576, _positive, "must be > 0")
-    intermediate_size: int = key(1536, _positive, "must be > 0")  # the gated MLP's width
-    num_hidden_layers: int = key(30, _positive, "must be > 0")
-    num_attention_heads: int = key(9, _positive, "must be > 0")  # head_dim = hidden_size / heads
-    num_key_value_heads: int = key(3, _positive, "must be > 0")  # grouped-query attention
-    hidden_act: str = key("silu", lambda v: v in ACTIVATIONS, f"must be one of {list(ACTIVATIONS)}")
-    max_position_embeddings: int = key(2048, _positive, "must be > 0")  # the RoPE table
-    initializer_range: float = key(0.041666666666666664, _positive, "must be > 0")  # init std, 1/sqrt(hidden)
-    rms_norm_eps: float = key(1e-5, _positive, "must be > 0")
-    rope_theta: float = key(10000.0, _positive, "must be > 0")
-    tie_word_embeddings: bool = True  # the LM head is the embedding matrix
-    block_size: int = key(512, _positive, "must be > 0")  # tokens per training sample (sequence length)
-    bos_token_id: int = key(0, _non_negative, "must be >= 0")
-    eos_token_id: int = key(0, _non_negative, "must be >= 0")  # must be the data tokenizer's end-of-document id
-    # Attend only within each document of a packed block (documents end with eos_token_id): FlexAttention
-    # on CUDA, SDPA with a boolean mask on CPU. Positions do not restart per document (smollm2/model.py
-    # says why). Generation and padded batches are unaffected; no weights depend on it.
-    document_masking: bool = False
     # An HF folder or GGUF file whose weights start the run (continued pretraining); its architecture
     # must equal this section's (initializer_range, block_size, document_masking and the bos/eos ids may differ).
     init_from: str | None = None
 
     def architecture(self) -> dict[str, Any]:
         """This section without the training-only keys: the SmolLM2Config the model is built from."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "init_from"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SmolLM2Config)}
 
     def check(self) -> None:
-        """The model's cross-key rules (smollm2.model.SmolLM2Config.validate holds the same for the model)."""
-        _check(
-            self.hidden_size % self.num_attention_heads == 0,
-            "model.num_attention_heads",
-            f"{self.num_attention_heads} does not divide hidden_size {self.hidden_size}",
-        )
-        _check(
-            self.num_attention_heads % self.num_key_value_heads == 0,
-            "model.num_key_value_heads",
-            f"{self.num_key_value_heads} does not divide num_attention_heads {self.num_attention_heads}",
-        )
-        head_dim = self.hidden_size // self.num_attention_heads
-        _check(
-            head_dim % 2 == 0,
-            "model.num_attention_heads",
-            f"head_dim {head_dim} (hidden_size / heads) must be even for rotary embeddings",
-        )
-        _check(
-            self.block_size <= self.max_position_embeddings,
-            "model.block_size",
-            f"{self.block_size} exceeds max_position_embeddings {self.max_position_embeddings}",
-        )
-        for name in ("bos_token_id", "eos_token_id"):
-            _check(
-                getattr(self, name) < self.vocab_size,
-                f"model.{name}",
-                f"{getattr(self, name)} is not a token id below vocab_size {self.vocab_size}",
-            )
+        """SmolLM2Config.validate, its ValueError as a UserError naming the key (`model.<field>: ...`)."""
+        try:
+            self.validate()
+        except ValueError as exc:
+            raise UserError(f"model.{exc}") from None
 
 
 # A data source's name becomes a TensorBoard tag (data/tokens/<name>) and a metrics.jsonl key.
@@ -230,7 +190,7 @@ class TrainConfig:
     stop_at: int | None = key(None, _positive_or_null, "must be > 0 or null")  # end this job there, with a
     # checkpoint; the schedule stays that of max_steps (for time-limited jobs: the next job resumes)
     # Samples per GPU per forward/backward, at most: each GPU takes global_batch_size / world size where that
-    # is less. 256 fills 70 GiB of an H200 with the fused loss (bench/RESULTS.md has the memory table).
+    # is less. 256 fits an 80 GB card with the fused loss (bench/RESULTS.md has the memory figures).
     micro_batch_size: int = key(256, _positive, "must be > 0")
     global_batch_size: int = key(1024, _positive, "must be > 0")  # samples per optimizer step, all GPUs together
     # bf16: fp32 weights, bf16 compute under autocast (DeepSpeed's torch_autocast). auto: bf16 where the
@@ -343,7 +303,7 @@ class LoggingConfig:
     log_every: int = key(10, _positive, "must be > 0")  # steps between console / metrics.jsonl / TensorBoard rows
     tensorboard: bool = True  # RUN_DIR/tensorboard
     # MFU denominator per device in TFLOP/s. null: measure the matmul rate of this device in the training
-    # dtype at startup (about 800 on an H200 in bf16; docs/design.md).
+    # dtype at startup (docs/design.md; the figures it read are in bench/RESULTS.md).
     peak_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
     # Also report MFU against this datasheet figure (989 for H100/H200 SXM bf16).
     datasheet_tflops: float | None = key(None, _positive_or_null, "must be > 0 or null")
@@ -368,6 +328,7 @@ class Config:
 
     def validate(self, world_size: int) -> None:
         """Raise UserError naming the first impossible value: each key's own check, then the cross-key rules."""
+        self.model.check()
         for section in dataclasses.fields(self):
             values = getattr(self, section.name)
             for f in dataclasses.fields(values):
@@ -377,7 +338,6 @@ class Config:
                 check = f.metadata.get("check")
                 if check is not None:
                     _check(check(value), name, f.metadata["expected"], value)
-        self.model.check()
         self.data.check(self.train.max_steps)
         t, s = self.train, self.schedule
         if t.stop_at is not None:

@@ -103,8 +103,8 @@ def open_sources(
 
     datasets.disable_progress_bars()
     # Each load_dataset of a packaged reader (text, json, parquet) otherwise sends a download-count request
-    # to the Hub, even for local files: half of prepare's time on a 43-file corpus here (0.12 s per file
-    # waiting on DNS without a network), and a network dependency for purely local work.
+    # to the Hub, even for local files: a wait on DNS per file without a network (bench/RESULTS.md, data
+    # pipeline), and a network dependency for purely local work.
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     # Its readers log a failure before raising it; we report the exception as one line naming the file.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)

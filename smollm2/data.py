@@ -379,8 +379,8 @@ def shuffled_blocks(positions: np.ndarray, num_blocks: int, seed: int, epoch: in
     a seed (the sources of a mixture).
 
     Each entry is computed on its own, with no table: a shuffled table of a 600M-block dataset (1.2T tokens
-    in blocks of 2048) takes 2.4 GB per rank and over a minute to build (numpy, this project's CPU
-    machine), at the start of every run and of every epoch. Here a Feistel network permutes the values of
+    in blocks of 2048) takes gigabytes per rank and over a minute to build, at the start of every run and of
+    every epoch. Here a Feistel network permutes the values of
     as many bits as num_blocks - 1 has, and "cycle walking" (encrypting again until the value is below
     num_blocks, fewer than two rounds on average) makes it a permutation of range(num_blocks) itself.
     """

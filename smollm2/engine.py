@@ -6,19 +6,19 @@ schedule are built, a DeepSpeed config is generated from ours (ZeRO stage, bf16,
 accumulation, clipping) with the user's raw DeepSpeed keys merged last, and `deepspeed.initialize`
 wraps it all.
 
-bf16 is DeepSpeed's `torch_autocast`: fp32 weights and optimizer, bf16 matmuls. On one H200 it ran the
-ZeRO-0 step 29% faster than DeepSpeed's bf16 weights (`bf16.enabled`, whose optimizer wrapper copies
-between bf16 and fp32 every step; bench/RESULTS.md), and checkpoints hold fp32 weights at every stage.
+bf16 is DeepSpeed's `torch_autocast`: fp32 weights and optimizer, bf16 matmuls. It ran the ZeRO-0 step
+faster than DeepSpeed's bf16 weights (`bf16.enabled`, whose optimizer wrapper copies between bf16 and fp32
+every step; bench/RESULTS.md, what makes it fast), and checkpoints hold fp32 weights at every stage.
 `deepspeed.overrides: {bf16: {enabled: true}, torch_autocast: {enabled: false}}` gives the other mode.
 
-torch.compile is applied to each decoder layer's forward: as fast as compiling the whole model there, 6x
+torch.compile is applied to each decoder layer's forward: as fast as compiling the whole model there, much
 quicker to compile, and the state-dict keys (so the checkpoints) stay unchanged. Under ZeRO 3 each layer is
 a DeepSpeed "leaf" module, so that its parameter gathering stays outside the compiled graph.
 
 Gradient clipping: DeepSpeed's optimizer wrappers (ZeRO 1-3, bf16/fp16 weights) clip inside their step.
 Around the bare torch optimizer (stage 0 with fp32 weights, our default) DeepSpeed's fallback clips
 parameter by parameter (272 norm kernels for this model); there the trainer clips with torch's foreach
-clip instead (`build_engine` returns the norm to clip to): 2.3 ms a step instead of 10.4 on an H200.
+clip instead (`build_engine` returns the norm to clip to; bench/RESULTS.md has the two timings).
 
 Why torch AdamW and not DeepSpeed's FusedAdam/CPUAdam: the same optimizer on every device, fused
 kernels on CUDA (`fused=True`), and no 40 s JIT build of a C++ op on CPU machines.
@@ -86,7 +86,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         if device.type == "cuda":
             native = torch.cuda.is_bf16_supported()
-        else:  # without avx512_bf16/AMX, CPU bf16 matmuls run on a slow fallback (~50x below fp32)
+        else:  # without avx512_bf16/AMX, CPU bf16 matmuls run on a slow fallback, far below fp32
             native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
         dtype = "bf16" if native else "fp32"
     return torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -102,13 +102,11 @@ def deepspeed_config(config: Config, world_size: int, dtype: torch.dtype) -> dic
         "gradient_clipping": config.optimizer.grad_clip,
         # memory_efficient_linear (ZeRO 3) swaps torch.nn.functional.linear, process-wide, for an autograd
         # Function of DeepSpeed's that inside a compiled layer guards on each weight's ZeRO id: one recompile
-        # per layer, and past dynamo's limit of 8 the layers ran eager. ZeRO 3 on one H200: 174K tokens/s
-        # with it, 283K without.
+        # per layer, and past dynamo's limit of 8 the layers ran eager (bench/RESULTS.md, ZeRO stages).
         # stage3_param_persistence_threshold: ZeRO 3 keeps every parameter of fewer elements than this whole on
         # each GPU instead of gathering it at each use (DeepSpeed's default: 1e5). At 1e6 that is every decoder
-        # weight of the 135M (0.4 GB of fp32 more per GPU) and the attention projections of the 360M; the
-        # 1.7B's are larger and stay partitioned. ZeRO 3 at 135M, micro-batch 128, one H200: 261K tokens/s
-        # at 1e5, 306K at 1e6 (bench/RESULTS.md).
+        # weight of the 135M and the attention projections of the 360M; the 1.7B's are larger and stay
+        # partitioned (the speed and memory of each threshold: bench/RESULTS.md, ZeRO stages).
         "zero_optimization": {
             "stage": config.deepspeed.zero_stage,
             "memory_efficient_linear": False,
@@ -118,8 +116,7 @@ def deepspeed_config(config: Config, world_size: int, dtype: torch.dtype) -> dic
         "steps_per_print": 2**62,  # we print our own progress
         "wall_clock_breakdown": False,
         # DeepSpeed's samples/s timer synchronizes the device at every forward and engine.step(): the GPU
-        # then idles while the host fetches the next batch (8 ms of a 1.23 s step on an H200, 0.65 %).
-        # We time steps ourselves.
+        # then idles while the host fetches the next batch (bench/RESULTS.md). We time steps ourselves.
         "timers": {"throughput": {"enabled": False}},
     }
     if config.deepspeed.overrides_file:
@@ -190,7 +187,7 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
         # Every decoder layer shares one code object, so dynamo's limit of 8 graphs (then eager) counts the
         # shapes of all of them: training and eval (grad on and off), generation's prefill and decode, and
         # with document masking the rows of several documents (none, one, then any number: one graph each).
-        # A 150-step run with document masking, its eval and samples needed 9 on an H200 (bench/RESULTS.md).
+        # A run with document masking, its eval and samples needed more than 8 (bench/RESULTS.md).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for module in [*model.model.layers, model.model.norm]:
             # The forward, not the module call (nn.Module.compile): module hooks stay outside the graph.
@@ -224,3 +221,13 @@ def build_engine(config: Config, model: nn.Module, world_size: int, dtype: torch
             "smollm2.engine.deepspeed_clips did not expect: gradients would be clipped twice"
         )
     return engine, grad_clip
+
+
+def clip_gradients(engine: Any, max_norm: float) -> torch.Tensor:
+    """The global gradient norm before clipping, the gradients clipped to `max_norm` (0: not clipped), with
+    torch's foreach kernels on CUDA: the clipping around the bare torch optimizer (build_engine's grad_clip)."""
+    params = list(engine.module.parameters())
+    foreach = next(iter(params)).device.type == "cuda"
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=foreach)

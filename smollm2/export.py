@@ -1,6 +1,6 @@
 """`smollm2 export --checkpoint RUN_DIR_OR_CKPT --out HF_DIR`: a transformers folder from a checkpoint.
 
-Works for every ZeRO stage (smollm2.checkpoint.load_run_model): the weights go out in fp32 through
+Works for every ZeRO stage (smollm2.weights.load_run_model): the weights go out in fp32 through
 smollm2.hf.save_hf_folder, the run's tokenizer through save_hf_tokenizer. The folder is written under a
 temporary name and renamed at the end, so HF_DIR is either complete or absent.
 """
@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     from smollm2.atomic import write_atomic
-    from smollm2.checkpoint import load_run_model
     from smollm2.errors import UserError
     from smollm2.hf import save_hf_folder, save_hf_tokenizer
     from smollm2.tokenizer import eos_token_id
+    from smollm2.weights import load_run_model
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

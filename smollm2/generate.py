@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     import torch
 
-    from smollm2.checkpoint import load_model
+    from smollm2.weights import load_model
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:

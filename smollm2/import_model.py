@@ -1,7 +1,7 @@
 """`smollm2 import`: turn a GGUF file or a Hugging Face Llama folder into a Hugging Face folder of ours.
 
 The output (config.json, generation_config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json) loads in transformers and in `smollm2.checkpoint.load_model`.
+tokenizer_config.json) loads in transformers and in `smollm2.weights.load_model`.
 """
 
 from __future__ import annotations

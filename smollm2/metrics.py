@@ -45,15 +45,9 @@ import json
 import math
 import os
 import re
-import resource
 import secrets
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import torch
-import torch.nn.functional as F
 
 from smollm2.atomic import write_text_atomic
 from smollm2.errors import UserError
@@ -140,6 +134,19 @@ class MetricsLogger:
             self.writer.add_custom_scalars(DASHBOARD_LAYOUT)
         if wandb:
             self.wandb_run = _start_wandb(Path(run_dir), wandb, wandb_project)
+
+    @classmethod
+    def for_run(cls, run_dir: str | os.PathLike, settings: Any, enabled: bool, start_step: int) -> MetricsLogger:
+        """The trainer's logger (the logging.* section `settings`) from `start_step` on: rows past it (a crashed
+        job's, an abandoned branch's) go."""
+        return cls(
+            run_dir,
+            enabled=enabled,
+            tensorboard=settings.tensorboard,
+            start_step=start_step,
+            wandb=settings.wandb,
+            wandb_project=settings.wandb_project,
+        )
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         """One metrics row; None and non-finite values are written as null to the JSON (the latter listed in
@@ -306,57 +313,3 @@ def format_progress(step: int, max_steps: int, row: dict[str, Any], eta_s: float
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
-
-
-def parameter_count(arch: Any) -> int:
-    """Unique parameters of a SmolLM2 of this architecture (a SmolLM2Config or the config's model section):
-    the tied LM head shares the embedding and counts once."""
-    hidden, kv_width = arch.hidden_size, arch.num_key_value_heads * (arch.hidden_size // arch.num_attention_heads)
-    attention = 2 * hidden * hidden + 2 * hidden * kv_width  # q, o and k, v
-    mlp = 3 * hidden * arch.intermediate_size  # gate, up, down
-    layer = attention + mlp + 2 * hidden  # and two RMSNorm gains
-    embeddings = arch.vocab_size * hidden * (1 if arch.tie_word_embeddings else 2)
-    return embeddings + arch.num_hidden_layers * layer + hidden  # and the final norm
-
-
-def flops_per_token(arch: Any, seq_len: int) -> int:
-    """Training FLOPs per token, PaLM's convention (docs/design.md): 6 N + 12 layers hidden seq, where the
-    second term is the attention scores and their product with the values, forward and backward."""
-    return 6 * parameter_count(arch) + 12 * arch.num_hidden_layers * arch.hidden_size * seq_len
-
-
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """This device's dense matmul rate in `dtype`: the MFU denominator when none is configured.
-
-    Timed as docs/design.md says: a burst of square products (8192 on GPU, 512 on CPU) after a warm-up,
-    one synchronization at the end. A loop that synchronizes after every product read 665-696 TFLOP/s on
-    an H200 where this reads about 798 (bench/RESULTS.md), and the lower denominator overstated MFU by
-    some 15%.
-    """
-    n, reps = (8192, 20) if device.type == "cuda" else (512, 20)
-    generator = torch.Generator(device=device).manual_seed(0)  # leaves the training RNG untouched
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    # F.linear: the op the model runs (on CPU it takes oneDNN's bf16 kernels where a plain `@` may not).
-    for _ in range(3):  # kernel selection, clocks ramping up
-        F.linear(a, b)
-    sync()
-    start = time.perf_counter()
-    for _ in range(reps):
-        F.linear(a, b)
-    sync()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12

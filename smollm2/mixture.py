@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smollm2.config import DataConfig
+from smollm2.config import Config, DataConfig
 from smollm2.data import (
     BlockOrder,
     PackedTokenDataset,
@@ -68,6 +68,7 @@ from smollm2.data import (
     split_files,
 )
 from smollm2.errors import UserError
+from smollm2.tokenizer import eos_token_id, load_tokenizer, tokenizer_fingerprint
 
 # A source read more often than this over a run is warned about: its blocks would be seen many times.
 MAX_EPOCHS_WITHOUT_WARNING = 4
@@ -504,3 +505,50 @@ def open_mixture(
                 val[source.name] = PackedTokenDataset(files, block_size, expected_vocab_size=expected_vocab_size)
     order = MixtureOrder([len(d) for d in train], stages, global_batch_size, seed)
     return Mixture(list(sources), MixtureDataset(train), val, order, first[1].tokenizer_fingerprint)
+
+
+# -- the training data of a config: the mixture and its tokenizer, checked against the model -------------
+
+
+@dataclass
+class TrainingData:
+    """The tokenizer and the blocks of data.path, or of the weighted mixture data.sources (smollm2.mixture)."""
+
+    tokenizer: Any  # tokenizers.Tokenizer
+    tokenizer_path: Path  # the first source's tokenizer.json; every token file was made by it
+    eos_id: int  # the id that ends every document
+    fingerprint: str  # the tokenizer's (smollm2.tokenizer.tokenizer_fingerprint)
+    mixture: Mixture  # train blocks of every source, val blocks of those that have them, the global order
+
+
+def open_training_data(config: Config) -> TrainingData:
+    """The data's tokenizer and token files, checked against the model config (data.path is one source)."""
+    sources, stages = resolve_sources(config.data, config.train.max_steps)
+    mixture = open_mixture(
+        sources,
+        stages,
+        block_size=config.model.block_size,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.train.seed,
+        expected_vocab_size=config.model.vocab_size,
+    )
+    if not mixture.val:
+        raise UserError(
+            f"{sources[0].path}: no validation data (val.bin with more than model.block_size "
+            f"{config.model.block_size} tokens){' in any data source' if len(sources) > 1 else ''}; "
+            "re-run `smollm2 prepare` with --val-fraction or --val-docs"
+        )
+    tokenizer_path = sources[0].path / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_path)
+    eos_id = eos_token_id(tokenizer)
+    if eos_id != config.model.eos_token_id:
+        raise UserError(
+            f"model.eos_token_id: {config.model.eos_token_id}, but {tokenizer_path} ends documents with id {eos_id}"
+        )
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint != mixture.tokenizer_fingerprint:
+        raise UserError(
+            f"{tokenizer_path}: not the tokenizer that made the token files (fingerprint {fingerprint[:12]}..., "
+            f"theirs {mixture.tokenizer_fingerprint[:12]}...): re-run `smollm2 prepare` with this tokenizer"
+        )
+    return TrainingData(tokenizer, tokenizer_path, eos_id, fingerprint, mixture)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -34,73 +34,71 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _not_in_weights(default: object) -> object:
+    """A field the weights do not depend on: models that differ only in such fields load each other's weights."""
+    return field(default=default, metadata={"in_weights": False})
+
+
 @dataclass
 class SmolLM2Config:
-    """Model hyperparameters; the defaults are the spec's SmolLM2-135 table (134,515,008 parameters)."""
+    """Model hyperparameters; the defaults are the spec's SmolLM2-135 table (134,515,008 parameters).
+
+    The one definition of the architecture: the training config's model section is this class plus where
+    the weights start (smollm2.config.ModelConfig), and WEIGHT_KEYS, the fields two sets of weights must
+    agree on, and the activation names are derived from here.
+    """
 
     vocab_size: int = 49152
     hidden_size: int = 576
-    intermediate_size: int = 1536
+    intermediate_size: int = 1536  # the gated MLP's width
     num_hidden_layers: int = 30
-    num_attention_heads: int = 9
-    num_key_value_heads: int = 3
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    initializer_range: float = 0.041666666666666664
+    num_attention_heads: int = 9  # head_dim = hidden_size / heads
+    num_key_value_heads: int = 3  # grouped-query attention
+    hidden_act: str = "silu"  # a name in ACTIVATIONS
+    max_position_embeddings: int = 2048  # the RoPE table
+    initializer_range: float = _not_in_weights(0.041666666666666664)  # init std, 1/sqrt(hidden)
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    tie_word_embeddings: bool = True
-    block_size: int = 512
-    bos_token_id: int = 0
-    eos_token_id: int = 0
+    tie_word_embeddings: bool = True  # the LM head is the embedding matrix
+    block_size: int = _not_in_weights(512)  # tokens per training sample (sequence length)
+    bos_token_id: int = _not_in_weights(0)
+    eos_token_id: int = _not_in_weights(0)  # must be the data tokenizer's end-of-document id
     # Training and evaluation forwards attend only within each document of a packed block (documents end
-    # with eos_token_id); generation and padded batches are unaffected. No weights depend on it.
-    document_masking: bool = False
+    # with eos_token_id); generation and padded batches are unaffected.
+    document_masking: bool = _not_in_weights(False)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field this model cannot be built with."""
-        for key in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-            "block_size",
-        ):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key}: must be a positive integer, got {getattr(self, key)}")
-        for key in ("initializer_range", "rms_norm_eps", "rope_theta"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"num_attention_heads: {self.num_attention_heads} does not divide hidden_size {self.hidden_size}"
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_key_value_heads: {self.num_key_value_heads} does not divide num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(
-                f"num_attention_heads: head_dim {self.head_dim} (hidden_size / heads) must be even for "
-                "rotary embeddings"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act: {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
-        if self.block_size > self.max_position_embeddings:
-            raise ValueError(
-                f"block_size: {self.block_size} exceeds max_position_embeddings {self.max_position_embeddings}"
-            )
-        for key in ("bos_token_id", "eos_token_id"):
-            if not 0 <= getattr(self, key) < self.vocab_size:
-                raise ValueError(f"{key}: {getattr(self, key)} is not a token id below vocab_size {self.vocab_size}")
+        """Raise ValueError naming the first field this model cannot be built with ("field: what is wrong")."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and not value > 0 and not f.name.endswith("_token_id"):
+                raise ValueError(f"{f.name}: must be > 0, got {value!r}")
+        checks = [
+            ("hidden_act", self.hidden_act in ACTIVATIONS,
+             f"must be one of {list(ACTIVATIONS)}, got {self.hidden_act!r}"),
+            ("num_attention_heads", self.hidden_size % self.num_attention_heads == 0,
+             f"{self.num_attention_heads} does not divide hidden_size {self.hidden_size}"),
+            ("num_key_value_heads", self.num_attention_heads % self.num_key_value_heads == 0,
+             f"{self.num_key_value_heads} does not divide num_attention_heads {self.num_attention_heads}"),
+            ("num_attention_heads", self.head_dim % 2 == 0,
+             f"head_dim {self.head_dim} (hidden_size / heads) must be even for rotary embeddings"),
+            ("block_size", self.block_size <= self.max_position_embeddings,
+             f"{self.block_size} exceeds max_position_embeddings {self.max_position_embeddings}"),
+            *((name, 0 <= getattr(self, name) < self.vocab_size,
+               f"{getattr(self, name)} is not a token id (0 to vocab_size - 1 = {self.vocab_size - 1})")
+              for name in ("bos_token_id", "eos_token_id")),
+        ]  # fmt: skip
+        for name, ok, problem in checks:
+            if not ok:
+                raise ValueError(f"{name}: {problem}")
+
+
+# The fields two sets of weights must agree on to be the same function's (a resumed run, model.init_from).
+WEIGHT_KEYS = tuple(f.name for f in fields(SmolLM2Config) if f.metadata.get("in_weights", True))
 
 
 class SmolLM2RMSNorm(nn.Module):
@@ -180,8 +178,8 @@ class SmolLM2MLP(nn.Module):
         self.act_fn = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Gate and up stay two matmuls: one on their concatenated weights ran the step 3.4 % slower on an
-        # H200 (its fused SwiGLU backward writes both gradients into one tensor; bench/RESULTS.md).
+        # Gate and up stay two matmuls: one on their concatenated weights ran the step slower (its fused
+        # SwiGLU backward writes both gradients into one tensor; bench/RESULTS.md, levers dropped).
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -228,8 +226,8 @@ class SmolLM2Attention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
-        # Q/K/V stay three matmuls: fusing them (and gate/up) on concatenated weights ran the step 10 % slower
-        # on an H200 (its fused q/k/v gradient kernel alone took 15 % of the step; bench/RESULTS.md).
+        # Q/K/V stay three matmuls: fusing them (and gate/up) on concatenated weights ran the step slower (its
+        # fused q/k/v gradient kernel alone took a large share of the step; bench/RESULTS.md, levers dropped).
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(
@@ -258,7 +256,7 @@ class SmolLM2Attention(nn.Module):
             # Document masking covers the first rows only; the rest hold one document each (_document_mask).
             # Each part goes through o_proj on its own and the projections are joined: joining the attention
             # outputs instead kept that join for o_proj's backward, a third copy next to the two outputs
-            # the attention kernels keep (4.2 GiB at 64 x 2048 on an H200, bench/RESULTS.md).
+            # the attention kernels keep (bench/RESULTS.md, document masking).
             mixed_rows = attention_mask.shape[0]
             masked = self._attend(q[:mixed_rows], k[:mixed_rows], v[:mixed_rows], attention_mask)
             whole = self._attend(q[mixed_rows:], k[mixed_rows:], v[mixed_rows:], None)
@@ -282,8 +280,8 @@ class SmolLM2Attention(nn.Module):
         # sees every key: not causal). A Python bool, not `seq_len > 1`: with a dynamic length (generation's
         # prompts, compiled) that is symbolic, which SDPA refuses, and dynamo split the layer's graph there.
         if attention_mask is None:
-            # SDPA takes the KV heads as they are (enable_gqa) instead of repeat_kv's copies: 1 % faster and
-            # 2.8 GiB less at micro-batch 128 on an H200 (bench/RESULTS.md).
+            # SDPA takes the KV heads as they are (enable_gqa) instead of repeat_kv's copies: faster, and
+            # less memory (bench/RESULTS.md, what makes it fast).
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.num_key_value_groups > 1)
         if isinstance(attention_mask, BlockMask):  # document masking on CUDA: skips other documents' keys
             return ops.flex_attention(q, k, v, attention_mask, enable_gqa=self.num_key_value_groups > 1)
@@ -318,7 +316,7 @@ class SmolLM2DecoderLayer(nn.Module):
         if self.selective_checkpoint and torch.is_grad_enabled():
             # Inside forward, so that compiling the layer compiles the checkpoint with it and the policy
             # sees the traced matmuls. Around a compiled layer it would see none and recompute everything
-            # (measured on an H200: 14 GiB and full-recompute speed instead of 52 GiB; bench/RESULTS.md).
+            # (the memory and speed of full recompute, measured: bench/RESULTS.md, activation checkpointing).
             return ops.selective_checkpoint(
                 self._block, hidden_states, cos, sin, position_ids, attention_mask, past_key_value, use_cache
             )
@@ -375,7 +373,7 @@ class SmolLM2Model(nn.Module):
         hidden_states = self.embed_tokens(input_ids)
         if torch.is_autocast_enabled(input_ids.device.type):
             # The residual stream in the autocast dtype, as with bf16 weights: an fp32 stream would double
-            # the bytes of every norm and residual add (measured on an H200: bench/RESULTS.md).
+            # the bytes of every norm and residual add (bench/RESULTS.md, what makes it fast).
             hidden_states = hidden_states.to(torch.get_autocast_dtype(input_ids.device.type))
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=input_ids.device).unsqueeze(0)
@@ -426,8 +424,8 @@ def _document_mask(
     the order that restores them (None: already so), and those rows' document-causal mask (None: no such row).
 
     Only those rows need the document mask; a row of one document is plain causal attention, whose kernel
-    is faster (cuDNN's against FlexAttention's on the same tiles: 3.15 against 4.25 ms at 64 x 2048 on an
-    H200, bench/RESULTS.md), and long documents leave most rows whole. The mask is a FlexAttention
+    is faster (cuDNN's against FlexAttention's on the same tiles: bench/RESULTS.md, document masking), and
+    long documents leave most rows whole. The mask is a FlexAttention
     BlockMask where FlexAttention trains (CUDA), else the boolean mask for SDPA (CPU; the reference). The
     kernels' batch sizes depend on the documents, so this reads one bool a row back to the host.
     """
@@ -515,8 +513,8 @@ class SmolLM2ForCausalLM(nn.Module):
         """Recompute activations in backward for every N-th layer (0: off, 1: all layers).
 
         `selective`: those layers keep their matmul and attention outputs and recompute only the
-        elementwise ops (norms, RoPE, SwiGLU). On an H200 at micro-batch 256 this cost 3.4 % of speed
-        and saved a third of the memory (bench/RESULTS.md).
+        elementwise ops (norms, RoPE, SwiGLU): a little speed for much memory (bench/RESULTS.md,
+        activation checkpointing).
         """
         if every_n_layers < 0:
             raise ValueError(f"every_n_layers must be >= 0, got {every_n_layers}")

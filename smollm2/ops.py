@@ -8,7 +8,8 @@
   fused pass and multiplied back into the hidden-state and weight gradients right away (Liger-Kernel's
   "fused linear cross-entropy" idea: cuBLAS for the matmuls; on CUDA one Triton kernel for the
   softmax/gradient pass, which writes the gradient over the logits; plain PyTorch on CPU).
-  `SmolLM2ForCausalLM.forward(..., targets=)` uses it.
+  `SmolLM2ForCausalLM.forward(..., targets=)` uses it; `next_token_loss` is the plain expression, which the
+  trainer takes with `train.fused_loss: false` and the validation loss always.
 - `selective_checkpoint`: activation checkpointing that keeps the matmul and attention outputs and
   recomputes only the cheap elementwise ops (norms, RoPE, SwiGLU) in backward
   (`SmolLM2ForCausalLM.set_activation_checkpointing(n, selective=True)`).
@@ -31,12 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import flex_attention as flex
 
 # Tokens per chunk: 16384 x 49152 bf16 logits are 1.6 GB (the loss kernel writes their gradient over them). Alone,
-# the whole loss of 131072 tokens is faster at 8192 (45.4 against 50.5 ms on an H200, bench/loss_kernel.py), but
-# the config's training step was faster at 16384 (+1.42 % against +1.03 % over the compiled loss, one call ABBA;
-# bench/RESULTS.md), so the step decides.
+# the whole loss is faster in chunks of 8192 (bench/loss_kernel.py), but the config's training step was faster at
+# 16384 (code against code; bench/RESULTS.md), so the step decides.
 DEFAULT_CHUNK_TOKENS = 16384
 
 
@@ -60,8 +61,8 @@ def _chunk_loss_and_grad(
 
 
 # Columns a program of the loss kernel reads at a time (its registers hold one tile of a row: a variant that held
-# a whole row of 49152 in registers across both passes ran 1.45x slower), and its warps, as measured in the
-# training step on an H200 (bench/loss_kernel.py times the others, bench/RESULTS.md).
+# a whole row of 49152 in registers across both passes ran slower), and its warps, as measured in the training
+# step (bench/loss_kernel.py times the others, bench/RESULTS.md).
 LOSS_KERNEL_TILE = 4096
 LOSS_KERNEL_WARPS = 8
 
@@ -120,10 +121,9 @@ def chunk_loss_and_grad_in_place(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_chunk_loss_and_grad` as one Triton kernel that writes the gradient over `logits` and returns it.
 
-    A program per row: the row's log-sum-exp, its loss, then its gradient. On an H200 a 16384 x 49152 chunk
-    takes 1.25 ms, against 1.36 ms for the torch expression compiled by inductor (three reads of each row,
-    and a new tensor for the gradient); the floor, one read and one write, is about 0.67 ms
-    (bench/loss_kernel.py, bench/RESULTS.md).
+    A program per row: the row's log-sum-exp, its loss, then its gradient: one read and one write of each row,
+    where the torch expression compiled by inductor reads each row three times and writes a new tensor for
+    the gradient (both timed by bench/loss_kernel.py; bench/RESULTS.md).
     """
     if logits.dim() != 2 or logits.stride(1) != 1:
         raise ValueError(f"expected row-major logits [tokens, vocab], got shape {tuple(logits.shape)}")
@@ -215,6 +215,15 @@ def fused_linear_cross_entropy(
         weight = weight.to(hidden.dtype)
     with torch.autocast(device_type, enabled=False):
         return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, ignore_index)
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits [B, T, V] in float32 against targets [B, T] that are already the next tokens.
+
+    The packed data gives (inputs, next tokens) pairs, so there is no shift here (the model's own `labels=`
+    shifts, Hugging Face style, and would drop the last position of every block); -100 is ignored.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
 
 
 def flex_attention_supported(device: torch.device) -> bool:

@@ -36,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -299,8 +299,12 @@ def prepare(
             if exc.filename and not str(exc.filename).startswith(str(out_dir)):
                 raise  # reading an input, not writing the output
             raise write_failed(out_dir, exc) from None
-    seconds = time.perf_counter() - start
-    num_val = int(is_val.sum())
+    return _summary(stats, is_val, time.perf_counter() - start, out_dir, shard)
+
+
+def _summary(stats: Any, is_val: np.ndarray, seconds: float, out_dir: Path, shard: tuple[int, int] | None) -> str:
+    """prepare's one line: documents and tokens of each split, and how fast."""
+    num_docs, num_val = len(stats.doc_lengths), int(is_val.sum())
     val_tokens = int(stats.doc_lengths[is_val].sum())
     total = int(stats.doc_lengths.sum())
     return (

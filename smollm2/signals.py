@@ -10,7 +10,7 @@ import signal
 import threading
 from typing import Any
 
-import torch
+from smollm2.collectives import CpuGroup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -41,15 +41,12 @@ class StopSignals:
             # None: a handler installed outside Python, which Python cannot put back.
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
-    def agreed(self, group: Any) -> int:
-        """The stop signal some rank has received (0: none), the same on every rank. Collective: one scalar.
-
-        `group` is a gloo group: over NCCL, reading the result would wait for the GPU to finish the step,
-        and the next step could not be queued behind it.
+    def agreed(self, group: CpuGroup) -> int:
+        """The stop signal some rank has received (0: none), the same on every rank. Collective: one scalar,
+        over the CPU group (smollm2.collectives): over NCCL, reading the result would wait for the GPU to
+        finish the step, and the next step could not be queued behind it.
         """
-        flag = torch.tensor(self.received)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=group)
-        return int(flag)
+        return group.max([self.received])[0]
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

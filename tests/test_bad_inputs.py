@@ -1,5 +1,5 @@
 """Bad input, end to end through the real CLI: each kind ends the command with exit 2 and one line on stderr
-that names the file or key and what was expected, and loses nothing (README "Troubleshooting" lists them).
+that names the file or key and what was expected, and loses nothing (docs/troubleshooting.md lists them).
 
 Kinds: config (unknown key, wrong type, missing file, broken YAML, a check), data (missing folder, truncated
 token file, vocabulary too large for the model), checkpoint (missing, not a checkpoint, corrupted on disk,

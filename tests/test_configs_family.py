@@ -9,8 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import ROOT
 from smollm2.config import load_config
 from smollm2.hf import hf_config_dict
-from smollm2.metrics import parameter_count
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
+from smollm2.perf import parameter_count
 
 # The released config.json of HuggingFaceTB/SmolLM2-360M and -1.7B: (hidden, MLP, layers, heads, KV heads,
 # vocab, max positions, rope_theta, rms_norm_eps, tied), and the parameter count the model cards round

@@ -75,7 +75,7 @@ def fake_checkpoint(run_dir: Path, step: int, complete: bool = True) -> None:
 
 
 def test_next_checkpoint_takes_the_oldest_complete_one_and_names_what_it_skips(tmp_path):
-    from smollm2.evaluate import next_checkpoint
+    from smollm2.eval_watch import next_checkpoint
 
     seen: set[int] = set()
     assert next_checkpoint(tmp_path, 0, seen, 2) == (None, [])  # nothing saved yet
@@ -99,7 +99,7 @@ def test_next_checkpoint_takes_the_oldest_complete_one_and_names_what_it_skips(t
 
 def test_the_watcher_remembers_its_last_step_in_the_run_directory(tmp_path):
     from smollm2.errors import UserError
-    from smollm2.evaluate import WATCH_METRICS, last_watched_step
+    from smollm2.eval_watch import WATCH_METRICS, last_watched_step
 
     assert last_watched_step(tmp_path) == 0
     (tmp_path / WATCH_METRICS).write_text('{"step": 4, "eval_loss": 6.0}\n{"step": 8, "eval_loss": 5.0}\n')

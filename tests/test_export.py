@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import SHARD_ALL, read_rows, run_train, smollm2_cmd
-from smollm2.checkpoint import load_run_model
 from smollm2.data import PackedTokenDataset
-from smollm2.evaluate import validation_loss
+from smollm2.evaluator import validation_loss
 from smollm2.model import SmolLM2ForCausalLM
+from smollm2.weights import load_run_model
 
 EVAL_BLOCKS = 16  # conftest.MINI's eval.num_blocks
 

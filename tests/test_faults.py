@@ -35,8 +35,16 @@ def start(run_dir: Path, data: Path, *settings: str, **env: str) -> subprocess.P
 
 
 def ranks(job: subprocess.Popen) -> list[psutil.Process]:
-    """The job's training processes, rank 0 first (torchrun starts them in rank order)."""
-    children = [p for p in psutil.Process(job.pid).children(recursive=True) if "smollm2" in " ".join(p.cmdline())]
+    """The job's training processes, rank 0 first (torchrun starts them in rank order). A process that exits
+    while it is looked at (a DataLoader worker, a compile subprocess) is left out, not an error."""
+
+    def training(process: psutil.Process) -> bool:
+        try:
+            return "smollm2" in " ".join(process.cmdline())
+        except psutil.NoSuchProcess:  # psutil's ZombieProcess is one too
+            return False
+
+    children = [p for p in psutil.Process(job.pid).children(recursive=True) if training(p)]
     return sorted(children, key=lambda p: p.create_time())
 
 
@@ -53,6 +61,14 @@ def ended(process: psutil.Process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE  # ended, not yet reaped by torchrun
     except psutil.NoSuchProcess:  # psutil's ZombieProcess is one too
         return True
+
+
+def stopped(process: psutil.Process) -> bool:
+    """Whether the process is stopped (SIGSTOP); one that has exited is not."""
+    try:
+        return process.status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kill_job(job: subprocess.Popen) -> None:
@@ -138,7 +154,7 @@ def test_a_rank_that_stops_answering_ends_the_job_within_the_timeout(tiny_data, 
         SMOLLM2_FAULT_STALL_RANK="1",
     )
     try:
-        wait_until(lambda: len(ranks(job)) >= 2 and ranks(job)[1].status() == psutil.STATUS_STOPPED, job)
+        wait_until(lambda: len(training := ranks(job)) >= 2 and stopped(training[1]), job)
         stopped_at = time.monotonic()
         rank0 = ranks(job)[0]
         wait_until(lambda: ended(rank0), job, timeout + 60)

@@ -7,10 +7,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from smollm2.checkpoint import load_model
 from smollm2.errors import UserError
 from smollm2.hf import config_from_hf_dict, hf_config_dict, load_hf_folder, save_hf_folder, save_hf_tokenizer
 from smollm2.model import SmolLM2Config, SmolLM2ForCausalLM
+from smollm2.weights import load_model
 
 TINY = dict(
     vocab_size=300,

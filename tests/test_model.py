@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from smollm2.hf import hf_config_dict
-from smollm2.metrics import flops_per_token, parameter_count
 from smollm2.model import (
     SmolLM2Config,
     SmolLM2ForCausalLM,
@@ -18,6 +17,7 @@ from smollm2.model import (
     rotate_half,
     sample_next_token,
 )
+from smollm2.perf import flops_per_token, parameter_count
 
 TINY = dict(
     vocab_size=97,

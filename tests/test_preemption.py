@@ -22,6 +22,7 @@ import psutil
 import pytest
 import torch
 
+import smollm2.trainer
 from conftest import MINI, ROOT, TINY_YAML, free_port, read_rows, run_train, torchrun_cmd
 from smollm2.signals import StopSignals, ignore_stop_signals
 from smollm2.trainer import Trainer
@@ -220,8 +221,9 @@ class Counting(torch.utils.data.Dataset):
         return index
 
 
-def test_fit_stops_its_dataloader_workers_when_training_fails():
+def test_fit_stops_its_dataloader_workers_when_training_fails(monkeypatch):
     """They ignore SIGTERM, with which Python's exit ends them: unless fit does, a failed job hangs at exit."""
+    monkeypatch.setattr(smollm2.trainer, "_start_line", lambda trainer, stop: "")
 
     class FailingTrainer:  # what Trainer.fit uses of its trainer
         config = SimpleNamespace(
@@ -230,7 +232,7 @@ def test_fit_stops_its_dataloader_workers_when_training_fails():
         data = SimpleNamespace(mixture=SimpleNamespace(summary_lines=lambda max_steps: []))
         watchdog = contextlib.nullcontext()
 
-        def _print_header(self, stop):
+        def _print(self, text):
             pass
 
         def batches(self, worker_init_fn):

@@ -115,7 +115,8 @@ def test_resume_on_another_world_size_or_zero_stage(
     # The converted weights are the checkpoint's fp32 master weights, tensor for tensor.
     import torch
 
-    from smollm2.checkpoint import Checkpoint, consolidated_state_dict
+    from smollm2.checkpoint import Checkpoint
+    from smollm2.weights import consolidated_state_dict
 
     saved = consolidated_state_dict(Checkpoint(checkpoint.parent, checkpoint.name))
     for name, tensor in saved.items():

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from conftest import MINI, TINY_YAML, read_rows, smollm2_cmd, torchrun_cmd
-from smollm2.checkpoint import consolidated_state_dict, find_checkpoint, read_checkpoint_state
+from smollm2.checkpoint import find_checkpoint, read_checkpoint_state
 from smollm2.config import ScheduleConfig
 from smollm2.metrics import MetricsLogger
 from smollm2.model import sample_next_token
 from smollm2.schedule import lr_multiplier
-from smollm2.trainer import SpikeDetector
+from smollm2.stability import SpikeDetector
+from smollm2.weights import consolidated_state_dict
 
 LR = 3e-3  # configs/tiny.yaml's
 

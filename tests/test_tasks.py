@@ -519,7 +519,7 @@ def assert_same_as_lm_eval(
 
 @pytest.mark.slow
 def test_lm_eval_agrees_on_every_example_for_the_real_smollm2_135m_instruct(tmp_path, gguf_path):
-    from smollm2.checkpoint import load_model
+    from smollm2.weights import load_model
 
     folder = tmp_path / "hf"
     assert main(["import", "--model", str(gguf_path), "--out", str(folder)]) == 0

@@ -116,7 +116,7 @@ def test_resume_never_refuses_a_run_with_checkpoints(two_process_run):
 
 @pytest.mark.slow
 def test_finished_run_has_nothing_to_do(two_process_run, tiny_data, monkeypatch, capsys):
-    from smollm2.trainer import train
+    from smollm2.train import train
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         # train() sets these; registering each with monkeypatch (set, then unset) removes them afterwards,

@@ -196,6 +196,16 @@ start_munge() {
   chmod 400 "$dir/munge/munge.key"
   munged --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" --pid-file="$dir/run/munged.pid" \
     --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" || { show_logs; die "munged did not start"; }
+  # munged returns before its socket answers; slurmctld and slurmd fail their first authentication without it.
+  wait_until 30 "munged answers" munge_answers || { show_logs; die "munged does not answer"; }
+}
+
+munge_answers() {
+  munge -n -S "$dir/munge/munge.socket" 2>/dev/null | unmunge -S "$dir/munge/munge.socket" >/dev/null 2>&1
+}
+
+slurmctld_answers() {
+  scontrol ping 2>/dev/null | grep -q "is UP"
 }
 
 write_slurm_conf() {  # NODES PORTS...
@@ -259,6 +269,8 @@ start_slurm() {  # NODES
   mkdir -p "$dir/ctld"
   export SLURM_CONF=$dir/slurm.conf
   slurmctld -f "$SLURM_CONF" || { show_logs; die "slurmctld did not start"; }
+  # The nodes register with slurmctld when they start: it must be listening first.
+  wait_until 60 "slurmctld answers" slurmctld_answers || { show_logs; die "slurmctld does not answer"; }
   for name in "${node_names[@]}"; do
     mkdir -p "$dir/slurmd/$name"
     slurmd -f "$SLURM_CONF" -N "$name" || { show_logs; die "slurmd $name did not start"; }

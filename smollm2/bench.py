@@ -235,10 +235,14 @@ def run_trainer(
     config: Any, env: Any, warmup: int, steps: int, peak_tflops: float, profile_to: Path | None = None
 ) -> dict[str, Any]:
     """Bench the trainer's own optimizer step (Trainer.train_step) on its own data; returns a result row."""
+    from smollm2.collectives import CpuGroup
+    from smollm2.engine import init_distributed
     from smollm2.perf import Window
     from smollm2.trainer import Trainer
 
-    trainer = Trainer(config, env)
+    timeout_s = config.train.collective_timeout_s
+    device = init_distributed(env, timeout_s)
+    trainer = Trainer(config, env, device, CpuGroup(env.rank, env.world_size, timeout_s))
     batches = trainer.batches()
     window = Window(trainer.device)
 

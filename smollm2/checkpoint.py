@@ -69,16 +69,20 @@ def checkpoint_step(checkpoint: Checkpoint) -> int:
     return int(match.group(1)) if match else -1
 
 
-def write_manifest(checkpoint: Checkpoint, step: int) -> None:
+def write_manifest(checkpoint: Checkpoint, step: int, known: dict[str, tuple[int, int]] | None = None) -> None:
     """Record every file of a finished save (size and CRC-32) in manifest.json, written last: its presence
-    says the checkpoint is complete, its contents let a reader check that nothing rotted or was cut short."""
+    says the checkpoint is complete, its contents let a reader check that nothing rotted or was cut short.
+    `known`: (size, CRC-32) of files by their path in the checkpoint, taken as they were written; the others
+    are read here."""
+    known = known or {}
     files = sorted(p for p in checkpoint.path.rglob("*") if p.is_file() and p.name != MANIFEST)
+    unknown = [p for p in files if str(p.relative_to(checkpoint.path)) not in known]
     with ThreadPoolExecutor(max_workers=8) as pool:  # zlib releases the GIL: files are checksummed in parallel
-        checksums = list(pool.map(_crc32, files))
-    entries = {
-        str(p.relative_to(checkpoint.path)): {"size": p.stat().st_size, "crc32": crc}
-        for p, crc in zip(files, checksums)
-    }
+        read = {
+            str(p.relative_to(checkpoint.path)): (p.stat().st_size, crc)
+            for p, crc in zip(unknown, pool.map(_crc32, unknown))
+        }
+    entries = {name: {"size": size, "crc32": crc} for name, (size, crc) in sorted({**read, **known}.items())}
     write_text_atomic(checkpoint.path / MANIFEST, json.dumps({"step": step, "files": entries}, indent=1) + "\n")
 
 
@@ -148,6 +152,14 @@ def _run_checkpoint_folders(run_dir: str | os.PathLike) -> tuple[list[Checkpoint
         reverse=True,
     )
     return checkpoints, latest_step
+
+
+def newest_listed(run_dir: str | os.PathLike) -> str | None:
+    """The tag of the checkpoint a resume would look at first, by listing alone (nothing is read): the one
+    `latest` names, else the newest folder; None when the run has none."""
+    checkpoints, latest_step = _run_checkpoint_folders(run_dir)
+    listed = [c.tag for c in checkpoints if latest_step is None or checkpoint_step(c) <= latest_step]
+    return listed[0] if listed else (checkpoints[0].tag if checkpoints else None)
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> Iterator[tuple[Checkpoint, str | None]]:

@@ -296,6 +296,9 @@ class EvalConfig:
 class CheckpointConfig:
     save_every: int = key(1000, _non_negative, "must be >= 0 (0: only at the end)")  # also saved at stop_at
     keep_last: int = key(3, _positive, "must be >= 1")  # older checkpoints are deleted
+    # Write the files from host copies in a thread while training goes on (smollm2/checkpoint_writer.py); the
+    # manifest follows once every rank's files are written. false: the loop waits for every save.
+    background: bool = True
 
 
 @dataclass

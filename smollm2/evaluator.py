@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,7 @@ class Evaluation:
     row: dict[str, float]  # the metrics row: eval_loss, eval_ppl, eval/loss/<source>, eval/<task>/acc, acc_norm
     samples: list[tuple[str, str]]
     summary: str  # one line for the console
+    seconds: dict[str, float]  # what its parts took: eval (val loss and tasks), samples
 
 
 class Evaluator:
@@ -164,13 +166,25 @@ class Evaluator:
         self.micro_batch_size, self.max_length, self.device = micro_batch_size, max_length, device
         self.rank, self.world_size = rank, world_size
 
+    @classmethod
+    def for_training(
+        cls, config: Config, data: Any, task_list: list[tasks.Task], device: torch.device, rank: int, world_size: int
+    ) -> Evaluator:
+        """The trainer's: eval.* settings over the training data (smollm2.mixture.TrainingData), this rank's share."""
+        e = config.eval
+        return cls(
+            e, data.mixture, task_list, data.tokenizer, data.eos_id,
+            micro_batch_size=e.micro_batch_size or config.train.micro_batch_size,
+            max_length=config.model.block_size, device=device, rank=rank, world_size=world_size,
+        )  # fmt: skip
+
     def __call__(
         self, model: Callable[..., Any], step: int, generator: Any = None, dtype: torch.dtype = torch.float32
     ) -> Evaluation:
         """Evaluate `model` (a DeepSpeed engine or a SmolLM2ForCausalLM, in eval mode) at `step`. `generator`
         is the module that generates (the engine's module: the engine autocasts only its own forward), under
         autocast to `dtype` when that is not float32."""
-        s = self.settings
+        s, started = self.settings, time.perf_counter()
         loss, source_losses = sources_validation_loss(
             model, self.mixture.val, len(self.mixture.sources), s.num_blocks, self.micro_batch_size, self.device,
             self.rank, self.world_size,
@@ -179,6 +193,7 @@ class Evaluator:
             model, self.tokenizer, self.tasks, micro_batch_size=self.micro_batch_size, device=self.device,
             max_length=self.max_length, rank=self.rank, world_size=self.world_size,
         )  # fmt: skip
+        scored = time.perf_counter()
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
             samples = generate_samples(
@@ -191,7 +206,8 @@ class Evaluator:
             f" {', '.join(str(source.path) for source in self.mixture.sources)}"
             + (f" | {tasks.describe(task_results)}" if task_results else "")
         )
-        return Evaluation(step, row, samples, summary)
+        seconds = {"eval": scored - started, "samples": time.perf_counter() - scored}
+        return Evaluation(step, row, samples, summary, seconds)
 
 
 def evaluate_checkpoint(

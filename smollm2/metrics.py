@@ -16,6 +16,10 @@ all three places:
 | peak_mem_gib      | perf/peak_mem_gib    | peak GPU memory allocated (CPU: peak resident set size)      |
 | data_wait_ms      | perf/data_wait_ms    | time per step spent waiting for the next batch               |
 | step_time_s       | perf/step_time_s     | wall time per optimizer step                                 |
+| goodput           | perf/goodput         | share of the wall time since the last row spent training     |
+|                   |                      | (in the steps, not waiting for data)                         |
+| time_share/<part> | the same             | share of that wall time spent on data_wait, eval, samples,   |
+|                   |                      | save (the loop's wait for checkpoints) and logging           |
 | consumed_samples  | -                    | training samples seen so far (the data position)             |
 | eval_loss, eval_ppl | eval/loss, eval/ppl | validation loss and perplexity (rows of their own)          |
 | rollback_from_step, skipped_samples | - | a rollback to this step after a loss spike (a row of its own)  |
@@ -63,6 +67,7 @@ TENSORBOARD_TAGS = {
     "peak_mem_gib": "perf/peak_mem_gib",
     "data_wait_ms": "perf/data_wait_ms",
     "step_time_s": "perf/step_time_s",
+    "goodput": "perf/goodput",
     "eval_loss": "eval/loss",
     "eval_ppl": "eval/ppl",
 }
@@ -80,6 +85,7 @@ DASHBOARD_LAYOUT = {
         "tokens per second": ["Multiline", [r"^perf/tokens_per_s$"]],
         "MFU (%)": ["Multiline", [r"^perf/mfu"]],
         "peak memory (GiB)": ["Multiline", [r"^perf/peak_mem_gib$"]],
+        "goodput and where the rest of the time goes": ["Multiline", [r"^perf/goodput$", r"^time_share/"]],
     },
     "downstream tasks": {
         "accuracy": ["Multiline", [r"^eval/.+/acc$"]],
@@ -313,3 +319,35 @@ def format_progress(step: int, max_steps: int, row: dict[str, Any], eta_s: float
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def format_start(trainer: Any, stop: int) -> str:
+    """The first line of a job (a smollm2.trainer.Trainer): what it trains, on what, from where to where."""
+    t, c = trainer.config.train, trainer.config
+    start = f"resuming from {trainer.resumed_from.path} at step {trainer.step}" if trainer.resumed_from else "starting"
+    return (
+        f"{start}: {trainer.num_parameters:,} parameters, {trainer.env.world_size} rank(s) on {trainer.device.type} "
+        f"({trainer.env.launcher}), ZeRO {c.deepspeed.zero_stage}, {str(trainer.dtype).removeprefix('torch.')}, "
+        f"micro-batch {t.micro_batch_size} x accumulation {trainer.accumulation} x {trainer.env.world_size} = "
+        f"{t.global_batch_size} samples = {t.global_batch_size * c.model.block_size:,} tokens per step, steps "
+        f"{trainer.step} -> {stop} of {t.max_steps}; MFU against {trainer.peak_tflops:.3g} TFLOP/s per device"
+        f"{' (measured)' if c.logging.peak_tflops is None else ''}"
+    )
+
+
+def format_end(trainer: Any, stopped_by: str | None) -> str:
+    """The last line of a job (a smollm2.trainer.Trainer): where it stopped and what it saved, or that it is done,
+    with its goodput."""
+    if stopped_by is None:
+        return (
+            f"done: step {trainer.step}; {trainer.job_time.describe()}; run directory {trainer.run_dir}; "
+            f"TensorBoard: tensorboard --logdir {trainer.run_dir / 'tensorboard'}"
+        )
+    if trainer.saved_step == trainer.step:
+        saved = "checkpoint saved: run the same `smollm2 train` command to resume from it"
+    else:
+        saved = (
+            f"not saved (the last step made no update): {trainer.checkpoints.describe_newest()}; run the same "
+            "`smollm2 train` command to resume from it"
+        )
+    return f"stopped at step {trainer.step} on {stopped_by}, {saved} (--resume auto, the default)"

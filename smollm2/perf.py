@@ -15,21 +15,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+TIME_PARTS = ("data_wait", "eval", "samples", "save", "logging")  # where a run's wall time goes besides training
+
 
 class Window:
     """What accumulates between two logged steps (the trainer's and `smollm2 bench`'s)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, started: float | None = None) -> None:
         self.loss_sum = torch.zeros((), device=device)  # over the steps that made an update
         self.micro_batches = 0
         self.steps = 0
-        self.data_wait = 0.0
-        self.paused = 0.0  # eval and checkpoint time, not counted in tokens/s
-        self.started = time.perf_counter()
+        self.data_wait = 0.0  # inside the steps: waiting for the next batch
+        # Between the steps: evals, their samples, the loop's waits for checkpoints, writing the logs.
+        self.outside = dict.fromkeys(TIME_PARTS[1:], 0.0)
+        self.started = time.perf_counter() if started is None else started
 
-    def elapsed(self) -> float:
-        """Seconds of training in the window (eval and checkpoint time left out)."""
-        return time.perf_counter() - self.started - self.paused
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+    def elapsed(self, wall: float | None = None) -> float:
+        """Seconds in the window's steps (what tokens/s counts: eval, checkpoint and logging time left out) of
+        `wall` seconds of it (default: all so far)."""
+        return (self.wall() if wall is None else wall) - sum(self.outside.values())
+
+    def parts(self) -> dict[str, float]:
+        """Seconds of each part of TIME_PARTS."""
+        return {"data_wait": self.data_wait, **self.outside}
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -44,10 +55,13 @@ def throughput(
     datasheet_tflops: float | None, device: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
     """The window's throughput row: tokens/s (all ranks), MFU against the measured and the datasheet peak per
-    device, peak memory, data wait and wall time per step."""
-    elapsed = window.elapsed()
+    device, peak memory, data wait and wall time per step, and goodput: the share of the window's wall time
+    spent training (in the steps, not waiting for data), and the share of each other part."""
+    wall = window.wall()
+    elapsed = window.elapsed(wall)
     tokens_per_s = window.steps * tokens_per_step / elapsed
     flops_per_device = tokens_per_s / world_size * flops_per_token
+    parts = window.parts()
     return {
         "tokens_per_s": tokens_per_s,
         "mfu": 100 * flops_per_device / (peak_tflops * 1e12),
@@ -55,7 +69,30 @@ def throughput(
         "peak_mem_gib": peak_memory_gib(device),
         "data_wait_ms": 1000 * window.data_wait / window.steps,
         "step_time_s": elapsed / window.steps,
+        "goodput": (elapsed - window.data_wait) / wall,
+        **{f"time_share/{part}": seconds / wall for part, seconds in parts.items()},
     }
+
+
+class JobTime:
+    """The wall time of a job's logged windows, and of its parts: the job's goodput."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.parts = dict.fromkeys(TIME_PARTS, 0.0)
+
+    def add(self, window: Window) -> None:
+        self.wall += window.wall()
+        for part, seconds in window.parts().items():
+            self.parts[part] += seconds
+
+    def describe(self) -> str:
+        """`goodput 97.1 % (data_wait 0.2 %, eval 1.9 %, ...)` over the job's windows."""
+        if not self.wall:
+            return "goodput: no step logged"
+        training = self.wall - sum(self.parts.values())
+        shares = ", ".join(f"{part} {100 * seconds / self.wall:.1f} %" for part, seconds in self.parts.items())
+        return f"goodput {100 * training / self.wall:.1f} % of {self.wall:.0f} s ({shares})"
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -1,7 +1,9 @@
 """Stopping on SIGTERM and SIGUSR1: the signals are noted, and the ranks agree at a step boundary to stop there.
 
 SLURM sends SIGUSR1 ahead of the time limit (sbatch --signal) and SIGTERM on preemption and scancel.
-The trainer finishes the optimizer step in progress, saves a checkpoint and exits 0 (smollm2/trainer.py).
+The trainer finishes the optimizer step in progress; its one vote a step (a maximum over the ranks of
+`received`, smollm2/trainer.py) tells every rank of a signal any of them got; all save a checkpoint and
+the job exits 0.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 from typing import Any
-
-from smollm2.collectives import CpuGroup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -40,13 +40,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             # None: a handler installed outside Python, which Python cannot put back.
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-    def agreed(self, group: CpuGroup) -> int:
-        """The stop signal some rank has received (0: none), the same on every rank. Collective: one scalar,
-        over the CPU group (smollm2.collectives): over NCCL, reading the result would wait for the GPU to
-        finish the step, and the next step could not be queued behind it.
-        """
-        return group.max([self.received])[0]
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

@@ -154,6 +154,11 @@ class StabilityGuard:
                 ": lower optimizer.lr, check those steps' data, or raise stability.max_bad_steps"
             )
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the last step made an update: a checkpoint is written only then."""
+        return self.bad_in_a_row == 0
+
     def wants_rollback(self, result: StepResult) -> bool:
         return result.spike and self.settings.spike == "rollback"
 

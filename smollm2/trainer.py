@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,13 @@ from smollm2.checkpoint_manager import CheckpointManager
 from smollm2.collectives import CpuGroup
 from smollm2.config import Config, config_hash, config_yaml
 from smollm2.distributed import DistEnv
-from smollm2.engine import build_engine, init_distributed, leave_process_group, resolve_dtype
+from smollm2.engine import build_engine, resolve_dtype
+from smollm2.errors import RunFailed
 from smollm2.evaluator import Evaluator
-from smollm2.metrics import MetricsLogger, format_progress
+from smollm2.metrics import MetricsLogger, format_end, format_progress, format_start
 from smollm2.mixture import open_training_data
 from smollm2.ops import next_token_loss
-from smollm2.perf import Window, flops_per_token, measure_peak_tflops, throughput, timed
+from smollm2.perf import JobTime, Window, flops_per_token, measure_peak_tflops, throughput, timed
 from smollm2.run_dir import write_run_files
 from smollm2.schedule import follow_config_after_resume
 from smollm2.signals import StopSignals, ignore_stop_signals
@@ -49,11 +51,21 @@ from smollm2.weights import build_model
 class Trainer:
     """The training loop of one job, on one rank: the engine, the step and the data position."""
 
-    def __init__(self, config: Config, env: DistEnv, checkpoint: Checkpoint | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        env: DistEnv,
+        device: torch.device,
+        group: CpuGroup,
+        checkpoint: Checkpoint | None = None,
+        still_owned: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`device` and `group` come from joining the job (smollm2.train); `still_owned()`, on rank 0, says whether
+        this job still owns the run directory (smollm2.run_dir)."""
         self.config, self.env, self.run_dir = config, env, Path(config.train.out_dir)
-        self.step, self.consumed_samples, self.resumed_from = 0, 0, checkpoint
-        # Everything a user can get wrong is checked before joining the process group, so a bad input
-        # ends every rank with one line and exit 2 instead of a hang.
+        self.device, self.group, self.step, self.consumed_samples, self.resumed_from = device, group, 0, 0, checkpoint
+        # Every rank checks its inputs alike before the first collective: a bad one ends every rank with the
+        # same line and exit 2, and none waits for another.
         if checkpoint is not None:
             check_resumable(checkpoint, config.model.architecture(), config.deepspeed.zero_stage)
         self.data = open_training_data(config)
@@ -65,13 +77,7 @@ class Trainer:
         self.num_parameters = model.num_parameters()
         self.flops_per_token = flops_per_token(config.model, config.model.block_size)
 
-        timeout_s = config.train.collective_timeout_s
-        self.device = init_distributed(env, timeout_s)
-        self.group = CpuGroup(env.rank, env.world_size, timeout_s)
-        self.checkpoints = CheckpointManager(
-            self.run_dir, config.checkpoint.keep_last, self.group, self.device, self._print
-        )
-        self.checkpoints.agree_on(checkpoint)
+        self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint, group, device, self._print, still_owned)
         self.dtype = resolve_dtype(config.train.dtype, self.device)
         self.engine, grad_clip = build_engine(config, model.to(self.device), env.world_size, self.dtype)
         del model  # the engine owns it now; a stray reference would outlive the shutdown in close()
@@ -79,16 +85,12 @@ class Trainer:
         self.accumulation = config.train.gradient_accumulation_steps(env.world_size)
         if checkpoint is not None:
             self.load_state_dict(self.checkpoints.restore(self.engine, checkpoint, config.deepspeed.zero_stage))
+        self.saved_step, self.save_owed, self.job_time, self.window = self.step, False, JobTime(), Window(device)
         self.peak_tflops = config.logging.peak_tflops or measure_peak_tflops(self.device, self.dtype)
         store = torch.distributed.distributed_c10d._get_default_store()  # the rendezvous's
-        self.watchdog = RankWatchdog(store, env.rank, env.world_size, timeout_s)
+        self.watchdog = RankWatchdog(store, env.rank, env.world_size, config.train.collective_timeout_s)
         self.watchdog.position = (self.step, 0)
-        e = config.eval
-        self.evaluator = Evaluator(
-            e, self.data.mixture, self.tasks, self.data.tokenizer, self.data.eos_id,
-            micro_batch_size=e.micro_batch_size or config.train.micro_batch_size,
-            max_length=config.model.block_size, device=self.device, rank=env.rank, world_size=env.world_size,
-        )  # fmt: skip
+        self.evaluator = Evaluator.for_training(config, self.data, self.tasks, device, env.rank, env.world_size)
         if env.is_main:
             write_run_files(config, self.data.tokenizer_path)
         self.metrics = MetricsLogger.for_run(self.run_dir, config.logging, env.is_main, start_step=self.step)
@@ -184,7 +186,7 @@ class Trainer:
     def fit(self, signals: StopSignals) -> None:
         """Train to train.stop_at (or max_steps), or to the step at which some rank got a stop signal."""
         stop = self.config.train.stop_at or self.config.train.max_steps
-        self._print(_start_line(self, stop))
+        self._print(format_start(self, stop))
         for line in self.data.mixture.summary_lines(self.config.train.max_steps):
             self._print(line)
         if self.config.eval.at_start and self.step == 0:
@@ -209,50 +211,53 @@ class Trainer:
                     # would end them, and a traceback can hold the iterator until then.
                     if hasattr(batches, "_shutdown_workers"):  # torch's own cleanup; none at data.num_workers=0
                         batches._shutdown_workers()
-        if stopped_by:
-            # The job exits 0: its checkpoint is complete and the stop was asked for. Whether it runs again
-            # is the scheduler's call, not the exit status's (SLURM requeues a preempted --requeue job
-            # itself; launch/slurm/*.sbatch requeue after the time-limit signal); a non-zero status would
-            # read as a crash: torchrun restarts workers (--max-restarts), the deepspeed launcher kills the
-            # other ranks, srun --kill-on-bad-exit ends the step, and sacct reports the step FAILED.
-            self._print(
-                f"stopped at step {self.step} on {signal.Signals(stopped_by).name}, checkpoint saved: run the "
-                "same `smollm2 train` command to resume from it (--resume auto, the default)"
+            self.job_time.add(self.window)  # the steps after the last logged one (its eval, its save)
+        if self.save_owed:
+            raise RunFailed(
+                f"step {self.step}: the last {self.guard.bad_in_a_row} step(s) made no update (non-finite loss or "
+                f"gradient norm); the run's end is not saved, {self.checkpoints.describe_newest()}"
             )
-        else:
-            self._print(
-                f"done: step {self.step}; run directory {self.run_dir}; "
-                f"TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}"
-            )
+        # A stop exits 0: it was asked for, and the scheduler decides whether the job runs again (smollm2/train.py).
+        self._print(format_end(self, signal.Signals(stopped_by).name if stopped_by else None))
 
     def _train_until(self, stop: int, batches, signals: StopSignals) -> int:
         """Train, eval and save up to step `stop`, or to the step at which some rank got a stop signal.
 
-        Returns that signal's number (0: none). A stop saves a checkpoint at its step. Raises Rollback on a
+        Returns that signal's number (0: none). A stop saves a checkpoint at its step if that step made an update
+        (else the newest healthy checkpoint is where a rerun goes on). Raises Rollback on a
         loss spike when stability.spike is rollback, RunFailed after stability.max_bad_steps skipped steps
         in a row.
         """
-        window = Window(self.device)
+        self.window = window = Window(self.device)
+        stopped_by = 0
         while self.step < stop:
             lr = self.engine.get_lr()[0]
             result = self.train_step(batches, window)
             self.watchdog.beat(self.step)
             self.guard.check(self.step, result, self.checkpoints.describe_newest)
             if (self.step % self.config.logging.log_every == 0 or self.step == stop) and window.steps:
+                logged = time.perf_counter()
                 self._log(window, lr, result.grad_norm, stop)
-                window = Window(self.device)
+                self.window = window = Window(self.device, started=logged)  # the logging's time is the next one's
+                window.outside["logging"] = time.perf_counter() - logged
             if self.guard.wants_rollback(result):
                 raise Rollback(self.step)
             if _due(self.step, self.config.eval.eval_every, stop):
-                window.paused += timed(self.evaluate)
-            saved = _due(self.step, self.config.checkpoint.save_every, stop)
-            if saved:
-                window.paused += timed(self.save)
-            if self.step < stop and (stopped_by := signals.agreed(self.group)):
-                if not saved:
-                    self.save()
-                return stopped_by
-        return 0
+                for part, seconds in self.evaluate().items():
+                    window.outside[part] += seconds
+            # No checkpoint while the last step made no update: the one owed is saved after a step that does.
+            self.save_owed |= _due(self.step, self.config.checkpoint.save_every, stop)
+            if self.save_owed and self.guard.healthy:
+                window.outside["save"] += timed(self.save)
+            if self.step < stop:  # the one vote a step: a stop signal on any rank; a save still being written
+                stopped_by, writing = self.group.max([signals.received, int(self.checkpoints.writing())])
+                window.outside["save"] += timed(partial(self.checkpoints.settle, bool(writing)))
+                if stopped_by:
+                    if self.saved_step != self.step and self.guard.healthy:
+                        window.outside["save"] += timed(self.save)
+                    break
+        window.outside["save"] += timed(self.checkpoints.wait)  # the save in flight, complete before the job ends
+        return stopped_by
 
     def _roll_back(self, spike_step: int) -> None:
         """Back to the newest checkpoint's weights, optimizer, schedule and step, but not its data position:
@@ -263,6 +268,7 @@ class Trainer:
         self.load_state_dict(self.checkpoints.restore(self.engine, checkpoint, self.config.deepspeed.zero_stage))
         skipped_samples = position - self.consumed_samples
         self.consumed_samples, self.data_position = position, data_position
+        self.saved_step, self.save_owed = self.step, False
         self.metrics.close()  # the rows past the checkpoint's step belong to the abandoned steps
         self.metrics = MetricsLogger.for_run(self.run_dir, self.config.logging, self.env.is_main, start_step=self.step)
         self.metrics.log(self.step, {"rollback_from_step": spike_step, "skipped_samples": skipped_samples})
@@ -290,11 +296,13 @@ class Trainer:
         }  # fmt: skip
         if len(self.data.mixture.sources) > 1:  # the mixture as realised: every source's training tokens so far
             row |= {f"data/tokens/{name}": n for name, n in self.data.mixture.tokens(self.data_position).items()}
+        self.job_time.add(window)
         self.metrics.log(self.step, row)
         self._print(format_progress(self.step, t.max_steps, row, (stop - self.step) * row["step_time_s"]))
 
-    def evaluate(self) -> None:
-        """The eval of this step (smollm2.evaluate.Evaluator) into the console, metrics.jsonl and TensorBoard."""
+    def evaluate(self) -> dict[str, float]:
+        """The eval of this step (smollm2.evaluator.Evaluator) into the console, metrics.jsonl and TensorBoard;
+        returns the seconds its parts took (eval, samples)."""
         self.watchdog.progress()
         self.engine.eval()
         evaluation = self.evaluator(self.engine, self.step, generator=self.engine.module, dtype=self.dtype)
@@ -304,12 +312,13 @@ class Trainer:
         self._print(f"eval step {self.step}: {evaluation.summary}")
         for prompt, text in evaluation.samples:
             self._print(f"  sample: {prompt + text!r}")
+        return evaluation.seconds
 
     def save(self) -> None:
-        """A checkpoint of this step (smollm2.checkpoint_manager)."""
+        """A checkpoint of this step (smollm2.checkpoint_manager: written in the background by default)."""
         self.watchdog.progress()
-        path = self.checkpoints.save(self.engine, self.step, self.state_dict())
-        self._print(f"saved checkpoint {path}")
+        self.checkpoints.save(self.engine, self.step, self.state_dict())
+        self.saved_step, self.save_owed = self.step, False
 
     def release(self) -> None:
         """Close the logger and free the engine (its memory, DeepSpeed's hooks); the process group stays."""
@@ -318,10 +327,9 @@ class Trainer:
         self.engine = None
 
     def close(self) -> None:
-        """Release everything and leave the process group (smollm2.engine.leave_process_group)."""
-        torch.distributed.barrier()  # every rank is done with the engine before any tears it down
+        """Release everything once every rank is done with the engine; the process group stays (smollm2.train's)."""
+        torch.distributed.barrier()
         self.release()
-        leave_process_group()
 
     # -- console -----------------------------------------------------------------------------------
 
@@ -333,17 +341,3 @@ class Trainer:
 def _due(step: int, every: int, stop: int) -> bool:
     """Whether an eval or save that comes every `every` steps (0: only at the end) is due after `step`."""
     return bool(every and step % every == 0) or step == stop
-
-
-def _start_line(trainer: Trainer, stop: int) -> str:
-    """The first line of a job: what it trains, on what, from where to where."""
-    t, c = trainer.config.train, trainer.config
-    start = f"resuming from {trainer.resumed_from.path} at step {trainer.step}" if trainer.resumed_from else "starting"
-    return (
-        f"{start}: {trainer.num_parameters:,} parameters, {trainer.env.world_size} rank(s) on {trainer.device.type} "
-        f"({trainer.env.launcher}), ZeRO {c.deepspeed.zero_stage}, {str(trainer.dtype).removeprefix('torch.')}, "
-        f"micro-batch {t.micro_batch_size} x accumulation {trainer.accumulation} x {trainer.env.world_size} = "
-        f"{t.global_batch_size} samples = {t.global_batch_size * c.model.block_size:,} tokens per step, steps "
-        f"{trainer.step} -> {stop} of {t.max_steps}; MFU against {trainer.peak_tflops:.3g} TFLOP/s per device"
-        f"{' (measured)' if c.logging.peak_tflops is None else ''}"
-    )

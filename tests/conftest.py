@@ -58,6 +58,7 @@ SCALARS = [
     "perf/peak_mem_gib",
     "perf/data_wait_ms",
     "perf/step_time_s",
+    "perf/goodput",
     "eval/loss",
     "eval/ppl",
 ]

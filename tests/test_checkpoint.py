@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from smollm2 import checkpoint as ckpt
+from smollm2.checkpoint_manager import choose_resume
+from smollm2.errors import UserError
 
 
 def save(root: Path, step: int) -> ckpt.Checkpoint:
@@ -61,4 +63,39 @@ def test_a_rotten_newest_checkpoint_costs_one_more_check(run_dir, checksummed):
 def test_resume_never_refuses_checkpoints_without_reading_them(run_dir, checksummed):
     with pytest.raises(ckpt.UserError, match="already has checkpoints"):
         ckpt.resolve_resume("never", run_dir)
+    assert checksummed == []
+
+
+class OneOfTwoRanks:
+    """What choose_resume uses of a smollm2.collectives.CpuGroup: rank `rank` of two that see the same files;
+    rank 0's verdict is `verdict` (what its own choose_resume returned)."""
+
+    def __init__(self, rank: int, verdict=None) -> None:
+        self.rank, self.world_size, self.verdict = rank, 2, verdict
+
+    def gather(self, value):
+        return [value, value]
+
+    def from_rank0(self, compute):
+        return compute() if self.rank == 0 else self.verdict
+
+
+def test_only_rank_0_reads_the_checkpoints_to_choose_where_to_resume(run_dir, checksummed):
+    """A resume verifies the newest checkpoint once for the job, not once per rank (8 ranks of a node would read a
+    20 GB checkpoint 8 times): rank 0 checksums, the other ranks take its verdict and read nothing."""
+    chosen = choose_resume(OneOfTwoRanks(0), "auto", run_dir, print)
+    assert chosen.tag == "step_00000006" and set(checksummed) == {"step_00000006"}
+    checksummed.clear()
+    assert choose_resume(OneOfTwoRanks(1, verdict=chosen), "auto", run_dir, print) == chosen
+    assert checksummed == []
+
+
+def test_ranks_that_see_different_checkpoints_are_refused_before_any_is_read(run_dir, checksummed):
+    class Lagging(OneOfTwoRanks):  # rank 1's file system has not seen step 6 yet
+        def gather(self, value):
+            return [value, "step_00000004"]
+
+    differ = r"ranks would resume from different checkpoints \(rank 0: step_00000006, rank 1: step_00000004\)"
+    with pytest.raises(UserError, match=differ):
+        choose_resume(Lagging(0), "auto", run_dir, print)
     assert checksummed == []

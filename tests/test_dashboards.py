@@ -27,8 +27,10 @@ from smollm2.config import load_config
 from smollm2.distributed import free_port
 from smollm2.errors import UserError
 from smollm2.metrics import DASHBOARD_LAYOUT, TENSORBOARD_TAGS, WANDB_RUN_ID_FILE, MetricsLogger, hparams
+from smollm2.perf import TIME_PARTS
 
 TASK_TAGS = ["eval/next_line/acc", "eval/next_line/acc_norm"]
+SHARES = [f"time_share/{part}" for part in TIME_PARTS]  # goodput's parts, each its own tag
 
 
 def test_hparams_flattens_the_config_into_numbers_and_text():
@@ -42,7 +44,7 @@ def test_hparams_flattens_the_config_into_numbers_and_text():
 
 
 def test_every_chart_of_the_layout_shows_tags_a_run_writes():
-    written = [*TENSORBOARD_TAGS.values(), *TASK_TAGS, "eval/loss/books"]
+    written = [*TENSORBOARD_TAGS.values(), *TASK_TAGS, *SHARES, "eval/loss/books"]
     for category, charts in DASHBOARD_LAYOUT.items():
         for title, (kind, patterns) in charts.items():
             assert kind == "Multiline"
@@ -301,8 +303,14 @@ def test_tensorboard_renders_our_tags_in_chromium(tmp_path, tiny_data):
     screenshots = tmp_path / "screenshots"
     screenshots.mkdir()
     pages = [  # (screenshot name, URL fragment, texts the page must show)
-        # A tag filter that matches every tag puts them all in one open group; each chart is titled by its tag.
-        ("scalars", "scalars&tagFilter=.", SCALARS + TASK_TAGS),
+        # A tag filter puts the tags it matches in one open group (a page of it holds 12 charts); each chart is
+        # titled by its tag.
+        (
+            "scalars_train_eval",
+            "scalars&tagFilter=^(train|eval)/",
+            [t for t in SCALARS + TASK_TAGS if t[:5] != "perf/"],
+        ),
+        ("scalars_perf", "scalars&tagFilter=^(perf|time_share)/", [t for t in SCALARS if t[:5] == "perf/"] + SHARES),
         (
             "custom_scalars",
             "custom_scalars",

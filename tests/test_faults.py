@@ -116,8 +116,9 @@ def test_kill_9_of_one_rank_mid_step_then_the_same_command_resumes(tiny_data, tm
 
 @pytest.mark.slow
 def test_kill_9_of_the_job_in_the_middle_of_a_save_then_the_same_command_resumes(tiny_data, tmp_path, uninterrupted):
-    """The save of step 4 is held open after DeepSpeed wrote its files; the job dies there. The half-made step 4
-    is reported and skipped, the run resumes from step 2 and ends as if nothing had happened."""
+    """The save of step 4 is held open in its background writer after its files are written; the job dies there.
+    The half-made step 4 is reported and skipped, the same command takes the dead job's run directory over,
+    resumes from step 2 and ends as if nothing had happened."""
     run_dir = tmp_path / "run"
     step4 = run_dir / "checkpoints" / "step_00000004"
     job = start(run_dir, tiny_data, SMOLLM2_FAULT_SAVE_DELAY_S="120", SMOLLM2_FAULT_SAVE_DELAY_STEPS="4")
@@ -130,6 +131,9 @@ def test_kill_9_of_the_job_in_the_middle_of_a_save_then_the_same_command_resumes
     assert not (step4 / "manifest.json").exists()
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000002"
     resumed = run_train(2, f"data.path={tiny_data}", f"train.out_dir={run_dir}", *SETTINGS)
+    # The killed job's claim on the run directory is taken over at once: its process is gone (smollm2.run_dir).
+    assert "taking over train.out_dir from a job that is gone: " in resumed.stdout
+    assert "(the process no longer exists)" in resumed.stdout
     assert f"skipping checkpoint {step4}: newer than latest (step 2): its save did not finish" in resumed.stdout
     assert f"resuming from {run_dir / 'checkpoints' / 'step_00000002'} at step 2" in resumed.stdout
     assert losses(run_dir) == losses(uninterrupted)

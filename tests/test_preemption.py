@@ -30,9 +30,9 @@ from smollm2.trainer import Trainer
 MAX_STEPS = 1_000_000  # never reached: only the signal ends the first job
 
 
-def start_train(log_dir, *settings: str, script: bool = False) -> subprocess.Popen:
+def start_train(log_dir, *settings: str, script: bool = False, **environ: str) -> subprocess.Popen:
     """`smollm2 train` on 2 processes under torchrun, output to files, in a session of its own; through
-    launch/torchrun.sh with `script` (its process is then torchrun's)."""
+    launch/torchrun.sh with `script` (its process is then torchrun's); `environ` added to its environment."""
     port = str(free_port())
     args = ["--config", str(TINY_YAML), "--set", *MINI, *settings]
     if script:
@@ -46,7 +46,7 @@ def start_train(log_dir, *settings: str, script: bool = False) -> subprocess.Pop
     else:
         cmd = torchrun_cmd(2, "train", *args, port=port)
         env = os.environ.copy()
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", **environ)
     with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
         return subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
 
@@ -223,7 +223,7 @@ class Counting(torch.utils.data.Dataset):
 
 def test_fit_stops_its_dataloader_workers_when_training_fails(monkeypatch):
     """They ignore SIGTERM, with which Python's exit ends them: unless fit does, a failed job hangs at exit."""
-    monkeypatch.setattr(smollm2.trainer, "_start_line", lambda trainer, stop: "")
+    monkeypatch.setattr(smollm2.trainer, "format_start", lambda trainer, stop: "")
 
     class FailingTrainer:  # what Trainer.fit uses of its trainer
         config = SimpleNamespace(
@@ -252,6 +252,32 @@ def test_fit_stops_its_dataloader_workers_when_training_fails(monkeypatch):
         assert not trainer.iterator._workers[0].is_alive()
     finally:
         trainer.iterator._shutdown_workers()  # else this test's own exit would hang on a failure
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_background_save_ends_with_that_save_complete(tiny_data, tmp_path):
+    """The save of step 3 is held 15 s in its writer thread (after the files, before it reports them written) while
+    the loop trains on; a SIGUSR1 then stops the job at a later step, which waits for step 3 and saves its own."""
+    run_dir = tmp_path / "run"
+    step3 = run_dir / "checkpoints" / "step_00000003"
+    job = start_train(
+        tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
+        "checkpoint.save_every=3", "checkpoint.keep_last=5", "eval.eval_every=0",
+        SMOLLM2_FAULT_SAVE_DELAY_S="15", SMOLLM2_FAULT_SAVE_DELAY_STEPS="3",
+    )  # fmt: skip
+
+    def stop_while_step_3_is_written() -> None:
+        assert (step3 / "mp_rank_00_model_states.pt").is_file() and not (step3 / "manifest.json").exists()
+        rank_process(job, 1).send_signal(signal.SIGUSR1)
+
+    status, stdout, stderr = stop_with_signals(tmp_path, job, run_dir, 5, stop_while_step_3_is_written)
+    assert status == 0, stdout[-3000:] + stderr[-6000:]
+    stopped = int(re.search(r"^stopped at step (\d+) on SIGUSR1, checkpoint saved", stdout, re.MULTILINE).group(1))
+    assert stopped >= 5  # the loop went on while step 3 was being written
+    for step in (3, stopped):
+        assert (run_dir / "checkpoints" / f"step_{step:08d}" / "manifest.json").is_file(), step
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{stopped:08d}"
+    assert stdout.index(f"saved checkpoint {step3}") < stdout.index(f"stopped at step {stopped}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

@@ -8,7 +8,9 @@ environment (smollm2/faults.py): a NaN loss on one rank, a finite loss spike.
 import json
 import math
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,19 +62,26 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path, zer
     schedule = lr_multiplier(ScheduleConfig(warmup_steps=5), max_steps=6)
     assert [rows[s]["lr"] for s in range(1, 7)] == pytest.approx([LR * schedule(s - 1) for s in range(1, 7)])
     checkpoints = run_dir / "checkpoints"
-    before, after = (find_checkpoint(checkpoints / f"step_{s:08d}") for s in (2, 3))
-    for name, tensor in consolidated_state_dict(before).items():
-        assert torch.equal(consolidated_state_dict(after)[name], tensor), name
+    # No checkpoint of step 3: a save waits for a step that makes an update (issue 30's "no save while bad").
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == [f"step_{s:08d}" for s in (1, 2, 4, 5, 6)]
+    # Steps 1, 2 and 4 made the updates: the optimizer has counted 2 at step 2 and 3 at step 4.
+    assert [optimizer_steps(checkpoints / f"step_{s:08d}", zero_stage) for s in (2, 4)] == [2, 3]
     assert not torch.equal(
-        consolidated_state_dict(after)["model.norm.weight"],
+        consolidated_state_dict(find_checkpoint(checkpoints / "step_00000002"))["model.norm.weight"],
         consolidated_state_dict(find_checkpoint(checkpoints / "step_00000004"))["model.norm.weight"],
     )
-    if zero_stage == 0:  # the optimizer's moments and step counts did not move either
-        states = [read_checkpoint_state(c)["optimizer"]["state"] for c in (before, after)]
-        for index, state in states[0].items():
-            for key, value in state.items():
-                assert torch.equal(states[1][index][key], value), (index, key)
-    assert read_checkpoint_state(after)["smollm2"]["skipped_steps"] == 1
+    assert read_checkpoint_state(find_checkpoint(checkpoints / "step_00000004"))["smollm2"]["skipped_steps"] == 1
+
+
+def optimizer_steps(checkpoint: Path, zero_stage: int) -> int:
+    """How many updates AdamW has made, by the step count of every parameter (group) in the checkpoint."""
+    if zero_stage == 0:
+        state = read_checkpoint_state(find_checkpoint(checkpoint))["optimizer"]["state"]
+    else:  # DeepSpeed's own file of rank 0's optimizer partition
+        saved = torch.load(checkpoint / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        state = saved["optimizer_state_dict"]["optimizer_state_dict"]["state"]
+    (steps,) = {int(param["step"]) for param in state.values()}
+    return steps
 
 
 @pytest.mark.slow
@@ -89,19 +98,69 @@ def test_bad_steps_in_a_row_stop_the_run_with_its_checkpoints_good(tiny_data, tm
         nan_steps="3,4,5,6",
     )
     assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]  # torchrun's report
-    newest = run_dir / "checkpoints" / "step_00000004"
+    newest = run_dir / "checkpoints" / "step_00000002"  # step 4's save waited for a healthy step, which never came
     assert (
         f"smollm2 train: stopped: steps 3-5: 3 steps in a row (stability.max_bad_steps) made no update "
         f"(non-finite loss or gradient norm); nothing was saved, the newest checkpoint is {newest}: lower "
         "optimizer.lr, check those steps' data, or raise stability.max_bad_steps"
     ) in result.stderr
-    assert not (run_dir / "checkpoints" / "step_00000006").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000002"]
     listing = subprocess.run(smollm2_cmd("checkpoints", run_dir), capture_output=True, text=True, check=True).stdout
-    assert "step_00000004  step        4" in listing and "good  <- --resume auto continues from here" in listing
-    weights = consolidated_state_dict(find_checkpoint(run_dir))  # the weights of step 2: steps 3 and 4 did nothing
+    assert "step_00000002  step        2" in listing and "good  <- --resume auto continues from here" in listing
+    weights = consolidated_state_dict(find_checkpoint(run_dir))
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
-    for name, tensor in consolidated_state_dict(find_checkpoint(run_dir / "checkpoints" / "step_00000002")).items():
-        assert torch.equal(weights[name], tensor), name
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_on_a_step_without_update_saves_nothing_of_it(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    result = faulty_train(
+        run_dir, f"data.path={tiny_data}", "train.max_steps=6", "checkpoint.save_every=2", "eval.eval_every=0",
+        nan_steps="6",
+    )  # fmt: skip
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
+    newest = run_dir / "checkpoints" / "step_00000004"
+    assert (
+        "smollm2 train: stopped: step 6: the last 1 step(s) made no update (non-finite loss or gradient norm); "
+        f"the run's end is not saved, the newest checkpoint is {newest}"
+    ) in result.stderr
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
+    assert not (run_dir / "checkpoints" / "step_00000006").exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_run_points_at_a_checkpoint_that_evaluates_finite(tiny_data, tmp_path):
+    """optimizer.lr 1000 without clipping (issue 30): the loss goes non-finite, and no checkpoint is written from the
+    first step that makes no update on. The stop names the newest checkpoint, from before it; that one evaluates
+    finite, and --resume auto would continue from it."""
+    run_dir = tmp_path / "run"
+    result = faulty_train(
+        run_dir,
+        f"data.path={tiny_data}",
+        "train.max_steps=60",
+        "optimizer.lr=1000",
+        "optimizer.grad_clip=0",
+        "schedule.warmup_steps=20",
+        "checkpoint.save_every=5",
+        "checkpoint.keep_last=20",
+        "eval.eval_every=0",
+    )
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    stop = re.search(
+        r"stopped: steps (\d+)-\d+: 5 steps in a row .* the newest checkpoint is (\S+): lower", result.stderr
+    )
+    assert stop, result.stderr[-3000:]
+    skipped = [int(step) for step in re.findall(r"^step (\d+): skipped, no update", result.stdout, re.MULTILINE)]
+    saved = sorted(int(p.name.removeprefix("step_")) for p in (run_dir / "checkpoints").glob("step_*"))
+    assert saved and all(step < skipped[0] for step in saved), (skipped, saved)  # none from the first bad step on
+    newest = Path(stop.group(2))
+    assert newest == run_dir / "checkpoints" / f"step_{saved[-1]:08d}"
+    evaluation = subprocess.run(
+        smollm2_cmd("eval", "--checkpoint", newest), capture_output=True, text=True, check=True
+    ).stdout
+    assert math.isfinite(float(re.search(r"val loss (\S+),", evaluation).group(1))), evaluation
+    listing = subprocess.run(smollm2_cmd("checkpoints", run_dir), capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^  {newest.name} .* good  <- --resume auto continues from here$", listing, re.MULTILINE)
 
 
 @pytest.mark.slow

@@ -5,11 +5,13 @@ The model is tiny (conftest.MINI: vocab 512, hidden 32, 2 layers) on Hamlet toke
 """
 
 import json
+import re
 
 import pytest
 import yaml
 
 from conftest import MINI, SCALARS, TINY_YAML, read_rows, run_train
+from smollm2.perf import TIME_PARTS
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,18 @@ def test_loss_falls_and_metrics_are_complete(two_process_run):
             row[k] is not None for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib", "data_wait_ms")
         )
         assert row["consumed_samples"] == 8 * row["step"]
+        # Goodput: the share of the window's wall time spent training, and the share of each other part.
+        shares = {key.removeprefix("time_share/"): value for key, value in row.items() if key.startswith("time_share/")}
+        assert set(shares) == set(TIME_PARTS) and all(share >= 0 for share in shares.values())
+        assert 0 < row["goodput"] <= 1 and row["goodput"] + sum(shares.values()) <= 1 + 1e-9
+    by_step = {row["step"]: row for row in rows}
+    assert by_step[9]["time_share/eval"] > 0 and by_step[9]["time_share/samples"] > 0  # step 8's eval
+    assert by_step[5]["time_share/save"] > 0 and by_step[2]["time_share/eval"] == 0  # step 4's save
     evals = read_rows(run_dir, "eval_loss")
     assert [r["step"] for r in evals] == [8, 16] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
     assert evals[1]["eval_ppl"] == pytest.approx(2.718281828 ** evals[1]["eval_loss"])
     assert "step 16/16 (100%) | loss" in result.stdout and "ETA 0:00:00" in result.stdout
+    assert re.search(r"^done: step 16; goodput \d+\.\d % of \d+ s \(data_wait ", result.stdout, re.MULTILINE)
     assert result.stdout.count("2 rank(s) on cpu") == 1  # rank 0 prints, rank 1 does not
 
 
@@ -130,13 +140,12 @@ def test_finished_run_has_nothing_to_do(two_process_run, tiny_data, monkeypatch,
 
 @pytest.mark.slow
 def test_eos_token_mismatch_is_refused(tiny_data, tmp_path):
-    from smollm2.distributed import DistEnv
     from smollm2.errors import UserError
-    from smollm2.trainer import Trainer
+    from smollm2.mixture import open_training_data  # what the Trainer opens first, before any collective
 
     config = load_mini_config(f"data.path={tiny_data}", f"train.out_dir={tmp_path}", "model.eos_token_id=1")
     with pytest.raises(UserError, match="^model.eos_token_id: 1, but .*tokenizer.json ends documents with id 0$"):
-        Trainer(config, DistEnv(rank=0, world_size=1, local_rank=0, launcher="single"))
+        open_training_data(config)
 
 
 def test_restarted_logger_drops_the_rows_of_an_interrupted_job(tmp_path):

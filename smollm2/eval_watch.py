@@ -94,6 +94,7 @@ def watch(
     *,
     data: str | None = None,
     task_paths: list[str] | None = None,
+    limit: int | None = None,
     micro_batch_size: int | None = None,
     max_length: int | None = None,
     poll_s: float = 30.0,
@@ -102,7 +103,7 @@ def watch(
     report: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> int:
     """Evaluate the run's checkpoints as they appear (module docstring); returns how many it evaluated."""
-    watcher = _Watcher(Path(run_dir), data, task_paths, micro_batch_size, max_length, report)
+    watcher = _Watcher(Path(run_dir), data, task_paths, limit, micro_batch_size, max_length, report)
     report(
         f"eval --watch {run_dir}: "
         + (f"steps up to {watcher.last_step} already evaluated ({WATCH_METRICS}); " if watcher.last_step else "")
@@ -148,11 +149,12 @@ class _Watcher:
         run_dir: Path,
         data: str | None,
         task_paths: list[str] | None,
+        limit: int | None,
         micro_batch_size: int | None,
         max_length: int | None,
         report: Callable[[str], None],
     ) -> None:
-        self.run_dir, self.data, self.task_paths = run_dir, data, task_paths
+        self.run_dir, self.data, self.task_paths, self.limit = run_dir, data, task_paths, limit
         self.micro_batch_size, self.max_length, self.report = micro_batch_size, max_length, report
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.last_step = last_watched_step(run_dir)
@@ -166,7 +168,7 @@ class _Watcher:
         """Report the checkpoints skipped since the last look and evaluate the next one, if there is one. False:
         nothing to do until the next look; True: look again at once (one was evaluated, or pruned while read)."""
         if self.tasks is None:
-            self.tasks = task_list(self.task_paths, config)
+            self.tasks = task_list(self.task_paths, config, self.limit)  # the full sets unless --limit
         checkpoint, skipped = next_checkpoint(self.run_dir, self.last_step, self.seen, config.checkpoint.save_every)
         skipped = [(step, why) for step, why in skipped if step not in self.noted]
         self.noted.update(step for step, _ in skipped)

@@ -1,8 +1,13 @@
 """`smollm2 eval`: val loss, samples and multiple-choice tasks of a checkpoint, a Hugging Face folder or a GGUF file.
 
-    smollm2 eval --checkpoint RUN_DIR_OR_CKPT [--data DIR] [--tasks FILE ...]  # val loss, samples, tasks
-    smollm2 eval --model HF_FOLDER_OR_GGUF --tasks FILE ...                     # tasks only
-    smollm2 eval --watch RUN_DIR [--tasks FILE ...] [--max-checkpoints N] [--timeout S]
+    smollm2 eval --checkpoint RUN_DIR_OR_CKPT [--data DIR] [--tasks TASK ...]  # val loss, samples, tasks
+    smollm2 eval --model HF_FOLDER_OR_GGUF --tasks TASK ... [--limit N]         # tasks only
+    smollm2 eval --watch RUN_DIR [--tasks TASK ...] [--max-checkpoints N] [--timeout S]
+
+A TASK is a benchmark name (hellaswag, arc_easy, arc_challenge, piqa, openbookqa, winogrande, mmlu:
+smollm2/benchmarks.py) or a task file (smollm2/tasks.py). --limit N scores a fixed, seeded subset of N
+examples of each; without it, --checkpoint takes the run's eval.task_limit (what its in-loop eval scored),
+--watch and --model score the full sets.
 
 --checkpoint computes what the trainer's in-loop eval computes (smollm2/evaluator.py) on the checkpoint's
 consolidated weights; --watch is a job beside training that does so for each new checkpoint of a run
@@ -45,9 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         nargs="*",
-        metavar="FILE",
-        help="multiple-choice task files (.jsonl/.json/.parquet: context/choices/gold, HellaSwag, ARC or PIQA rows);"
-        " default with --checkpoint and --watch: eval.tasks of the run's config (--tasks alone: none)",
+        metavar="TASK",
+        help=f"multiple-choice tasks: benchmark names ({', '.join(tasks.TASK_NAMES)}) or task files (.jsonl/.json/"
+        ".parquet: context/choices/gold, or the benchmarks' rows); default with --checkpoint and --watch: eval.tasks "
+        "of the run's config (--tasks alone: none)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="a fixed, seeded subset of N examples of each task (default: --checkpoint the run's eval.task_limit, "
+        "--watch and --model every example)",
     )
     parser.add_argument("--tokenizer", metavar="PATH", help="--model: tokenizer.json or its folder, if it has none")
     parser.add_argument(
@@ -66,6 +79,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     positive = {
         "--micro-batch-size": args.micro_batch_size,
         "--max-length": args.max_length,
+        "--limit": args.limit,
         "--poll": args.poll,
         "--max-checkpoints": args.max_checkpoints,
         "--timeout": args.timeout,
@@ -80,7 +94,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.tokenizer and not args.model:
         raise UserError("--tokenizer: only with --model (a run's tokenizer is its tokenizer.json)")
     if args.model and not args.tasks:
-        raise UserError("--model: give --tasks FILE ... (val loss and samples need a run: --checkpoint)")
+        raise UserError("--model: give --tasks TASK ... (val loss and samples need a run: --checkpoint)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -92,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
             args.watch,
             data=args.data,
             task_paths=args.tasks,
+            limit=args.limit,
             micro_batch_size=args.micro_batch_size,
             max_length=args.max_length,
             poll_s=args.poll,
@@ -112,7 +127,13 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     config = load_config(checkpoint.run_dir / "config.yaml")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     evaluation = evaluate_checkpoint(
-        checkpoint, config, args.data, task_list(args.tasks, config), device, args.micro_batch_size, args.max_length
+        checkpoint,
+        config,
+        args.data,
+        task_list(args.tasks, config, args.limit or config.eval.task_limit),
+        device,
+        args.micro_batch_size,
+        args.max_length,
     )
     print(evaluation.summary)
     for prompt, text in evaluation.samples:
@@ -123,7 +144,7 @@ def _evaluate_model(args: argparse.Namespace) -> None:
     from smollm2.tokenizer import load_tokenizer
     from smollm2.weights import load_model
 
-    loaded_tasks = tasks.load_tasks(args.tasks, "--tasks")
+    loaded_tasks = tasks.load_tasks(args.tasks, "--tasks", limit=args.limit)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(args.model, device=device)
     if args.tokenizer:
@@ -141,6 +162,6 @@ def _evaluate_model(args: argparse.Namespace) -> None:
             max_length=args.max_length or model.config.block_size,
         )[task.name]
         print(
-            f"{task.name}: acc {metrics['acc']:.4f}, acc_norm {metrics['acc_norm']:.4f} over {len(task.examples)}"
-            f" examples of {task.source} ({time.perf_counter() - start:.1f} s)"
+            f"{task.summary()}: acc {metrics['acc']:.4f}, acc_norm {metrics['acc_norm']:.4f}"
+            f" ({time.perf_counter() - start:.1f} s)"
         )

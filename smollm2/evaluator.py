@@ -258,8 +258,8 @@ def evaluate_checkpoint(
     return evaluation
 
 
-def task_list(paths: list[str] | None, config: Config) -> list[tasks.Task]:
-    """--tasks, or the run's eval.tasks when it is not given."""
-    if paths is None:
-        return tasks.load_tasks(config.eval.tasks, "eval.tasks")
-    return tasks.load_tasks(paths, "--tasks")
+def task_list(specs: list[str] | None, config: Config, limit: int | None) -> list[tasks.Task]:
+    """--tasks, or the run's eval.tasks when it is not given; `limit` examples of each (None: all)."""
+    if specs is None:
+        return tasks.load_tasks(config.eval.tasks, "eval.tasks", limit=limit)
+    return tasks.load_tasks(specs, "--tasks", limit=limit)

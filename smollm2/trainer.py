@@ -72,7 +72,8 @@ class Trainer:
         self.data_position = self.data.mixture.start()  # smollm2.mixture.DataPosition
         if checkpoint is not None:  # a checkpoint's data position must suit this config
             self.data.mixture.position_from_state(data_state(read_client_state(checkpoint)), str(checkpoint.path))
-        self.tasks = tasks.load_tasks(config.eval.tasks, "eval.tasks", self.data.tokenizer, config.model.block_size)
+        e = config.eval
+        self.tasks = tasks.load_tasks(e.tasks, "eval.tasks", self.data.tokenizer, config.model.block_size, e.task_limit)
         model = build_model(config, self.data.fingerprint)
         self.num_parameters = model.num_parameters()
         self.flops_per_token = flops_per_token(config.model, config.model.block_size)

@@ -161,6 +161,6 @@ def run_train(
     return result
 
 
-def read_rows(run_dir: Path, key: str) -> list[dict]:
-    """The metrics.jsonl rows of a run that hold `key`."""
-    return [row for line in (run_dir / "metrics.jsonl").read_text().splitlines() if key in (row := json.loads(line))]
+def read_rows(run_dir: Path, key: str, file: str = "metrics.jsonl") -> list[dict]:
+    """The rows of a run's metrics.jsonl (or `file`: metrics-eval.jsonl, eval --watch's) that hold `key`."""
+    return [row for line in (run_dir / file).read_text().splitlines() if key in (row := json.loads(line))]

@@ -90,8 +90,8 @@ def test_scores_acc_and_acc_norm_on_hand_made_logits():
     assert scores.keys() == expected.keys()
     for i, example_scores in scores.items():
         assert example_scores == pytest.approx(expected[i], abs=1e-5)
-    assert tasks.predictions(scores[0], examples[0].choices) == (0, 1)
-    assert tasks.predictions(scores[1], examples[1].choices) == (1, 1)
+    assert tasks.predictions(scores[0], examples[0]) == (0, 1)
+    assert tasks.predictions(scores[1], examples[1]) == (1, 1)
     metrics = tasks.evaluate_tasks(
         BigramModel(), word_tokenizer(), [task], micro_batch_size=2, device=CPU, max_length=16
     )
@@ -99,10 +99,31 @@ def test_scores_acc_and_acc_norm_on_hand_made_logits():
 
 
 def test_ties_go_to_the_first_choice_and_acc_norm_counts_characters():
-    assert tasks.predictions([-2.0, -2.0, -3.0], ["x", "y", "z"]) == (0, 0)
+    assert tasks.predictions([-2.0, -2.0, -3.0], tasks.Example("c", ("x", "y", "z"), 0)) == (0, 0)
     # "é" is one character and two UTF-8 bytes: per character "xy" wins (-1.0 against -1.5), per byte "é" would
     # (-0.75). lm-eval's acc_norm divides by characters (its acc_bytes by bytes).
-    assert tasks.predictions([-2.0, -1.5], ["xy", "é"]) == (1, 0)
+    assert tasks.predictions([-2.0, -1.5], tasks.Example("c", ("xy", "é"), 0)) == (1, 0)
+    # With a continuation (partial scoring), lm-eval's choice text is the context with the choice in it: acc_norm
+    # divides by len("ab" + choice), 3 and 5 here (-1.0 against -1.2); per choice alone, 1 and 3, "yyy" would win
+    # (-3.0 against -2.0).
+    partial = tasks.Example("ab", ("x", "yyy"), 0, continuation="rest")
+    assert partial.norm_lengths() == [3.0, 5.0]
+    assert tasks.predictions([-3.0, -6.0], partial) == (0, 0)
+    assert tasks.predictions([-3.0, -6.0], tasks.Example("ab", ("x", "yyy"), 0)) == (0, 1)
+
+
+def test_partial_scoring_scores_the_shared_continuation_after_each_filled_in_context():
+    # Winogrande's way: the choice completes the context ("a " + "b" = "a b"), the continuation " b" is scored
+    # after each; the context's trailing space stays with it, since "a b" has none.
+    example = tasks.Example(context="a ", choices=("b", "c"), gold=1, continuation="b")
+    assert example.requests() == [("a b", " b"), ("a c", " b")]
+    task = tasks.Task("partial", (example,), "hand-made")
+    scores = tasks.choice_loglikelihoods(
+        BigramModel(), word_tokenizer(), task, micro_batch_size=4, device=CPU, max_length=16
+    )
+    assert scores[0] == pytest.approx([logp("b", "b"), logp("c", "b")], abs=1e-5)
+    # c -> b (0.40) beats b -> b (0.09): right by acc; per character of "a b" and "a c" (3 each) too.
+    assert tasks.predictions(scores[0], example) == (1, 1)
 
 
 def test_micro_batches_left_truncation_and_ranks_change_no_score():
@@ -127,8 +148,15 @@ def test_micro_batches_left_truncation_and_ranks_change_no_score():
         tasks.choice_loglikelihoods(short, tokenizer, task, micro_batch_size=3, device=CPU, max_length=4) == reference
     )
     assert max(width for _, width in short.input_shapes) == 4
+    # One-token choices after one context are read from one row, as lm-eval groups them: example 3's four
+    # choices are one row, example 2's two another, example 1's "d" and "a" one beside "b c d"'s: 8 rows, one
+    # forward each, for 13 requests.
+    one_by_one = BigramModel()
+    tasks.choice_loglikelihoods(one_by_one, tokenizer, task, micro_batch_size=1, device=CPU, max_length=64)
+    assert len(one_by_one.input_shapes) == 2 + 2 + 1 + 1 + 2
     # Two ranks: disjoint halves that make up the whole, and the same number of forwards on each (rank 0
-    # holds examples 0, 2, 4 with 6 requests, rank 1 examples 1, 3 with 7: 2 and 3 micro-batches of 3).
+    # holds examples 0, 2, 4 in 5 rows, rank 1 examples 1, 3 in 3: 2 and 1 micro-batches of 3, and rank 1
+    # adds a one-token forward).
     models = [BigramModel(), BigramModel()]
     halves = [
         tasks.choice_loglikelihoods(
@@ -138,8 +166,8 @@ def test_micro_batches_left_truncation_and_ranks_change_no_score():
     ]
     assert sorted(halves[0]) == [0, 2, 4] and sorted(halves[1]) == [1, 3]
     assert {**halves[0], **halves[1]} == reference
-    assert len(models[0].input_shapes) == len(models[1].input_shapes) == 3
-    assert models[0].input_shapes[-1] == (1, 1)
+    assert len(models[0].input_shapes) == len(models[1].input_shapes) == 2
+    assert models[1].input_shapes[-1] == (1, 1) and models[0].input_shapes[-1] != (1, 1)
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
@@ -286,6 +314,22 @@ def test_read_task_builds_lm_eval_s_prompts_for_hellaswag_arc_and_piqa(tmp_path)
     assert tasks.read_task(tmp_path / "piqa.parquet").examples == (expected[3], expected[3])
 
 
+def test_task_files_keep_a_continuation_and_a_limit_keeps_a_seeded_subset(tmp_path):
+    examples = [tasks.Example(f"ctx {i} ", (f"x{i}", f"y{i}"), i % 2, continuation=f"rest {i}") for i in range(20)]
+    tasks.write_task(tmp_path / "partial.jsonl", examples)
+    whole = tasks.read_task(tmp_path / "partial.jsonl")
+    assert whole.examples == tuple(examples) and whole.summary() == f"partial ({tmp_path}/partial.jsonl, 20 rows)"
+    some = tasks.read_task(tmp_path / "partial.jsonl", limit=5)
+    assert len(some.examples) == 5 and set(some.examples) < set(examples)
+    assert some.summary() == f"partial ({tmp_path}/partial.jsonl, 5 of 20 rows)"
+    # In file order, and the same rows every time (every rank of a run, every eval).
+    assert [examples.index(e) for e in some.examples] == tasks.subset(20, 5) == sorted(tasks.subset(20, 5))
+    assert tasks.read_task(tmp_path / "partial.jsonl", limit=5) == some
+    assert tasks.read_task(tmp_path / "partial.jsonl", limit=50) == whole
+    with pytest.raises(UserError, match=r"^limit 0: expected at least 1 example per task"):
+        tasks.read_task(tmp_path / "partial.jsonl", limit=0)
+
+
 GOOD = {"context": "c", "choices": ["a", "b"], "gold": 0}
 
 
@@ -305,6 +349,7 @@ GOOD = {"context": "c", "choices": ["a", "b"], "gold": 0}
         ([{**GOOD, "context": 3}], r"bad\.jsonl, line 1: context: expected a string"),
         ([{**GOOD, "context": "  \n"}], r"bad\.jsonl, line 1: context: only whitespace"),
         ([{**GOOD, "target_delimiter": None}], r"bad\.jsonl, line 1: target_delimiter: expected a string"),
+        ([{**GOOD, "continuation": 1}], r"bad\.jsonl, line 1: continuation: expected a string"),
         ([{"goal": "g", "sol1": "a", "sol2": "b", "label": ""}], r"bad\.jsonl, line 1: label: .*use the validation"),
         (
             [{"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "C"}],
@@ -353,7 +398,7 @@ def run_verb(module, *argv) -> None:
         (tasks, ["build", "--data", "d", "--out", "t.jsonl", "--choices", "1"], "--choices 1: expected at least 2"),
         (tasks, ["build", "--data", "d", "--out", "t.txt"], "--out t.txt: expected a .jsonl file"),
         (evaluate, ["--model", "m", "--tasks", "t.jsonl", "--micro-batch-size", "0"], "--micro-batch-size 0: expected"),
-        (evaluate, ["--model", "m"], "--model: give --tasks FILE"),
+        (evaluate, ["--model", "m"], "--model: give --tasks TASK"),
         (evaluate, ["--checkpoint", "r", "--tokenizer", "t"], "--tokenizer: only with --model"),
         (evaluate, ["--checkpoint", "r", "--timeout", "5"], "--timeout: only with --watch RUN_DIR"),
         (evaluate, ["--watch", "r", "--poll", "0"], "--poll 0: expected a number above 0"),
@@ -369,7 +414,7 @@ def test_task_files_are_checked_where_they_are_named(tmp_path, smollm2_tokenizer
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         write_lines(tmp_path / folder / "same.jsonl", [GOOD])
-    with pytest.raises(UserError, match=r"^--tasks: two files named 'same': tasks are logged by file name"):
+    with pytest.raises(UserError, match=r"^--tasks: two tasks named 'same': tasks are logged by name"):
         run_verb(
             evaluate, "--model", tmp_path / "absent", "--tasks", tmp_path / "a/same.jsonl", tmp_path / "b/same.jsonl"
         )
@@ -389,8 +434,9 @@ def test_eval_tasks_config_key_is_checked(tmp_path):
         "x/a.jsonl",
         "b.parquet",
     ]
-    for value in ("[a.csv]", "[x/a.jsonl, y/a.json]"):
-        with pytest.raises(UserError, match=r"^eval.tasks: must be .jsonl, .json or .parquet task files of different"):
+    assert load_config(TINY_YAML, ["eval.tasks=[hellaswag, x/mmlu.jsonl]"]).eval.tasks == ["hellaswag", "x/mmlu.jsonl"]
+    for value in ("[a.csv]", "[x/a.jsonl, y/a.json]", "[Hella Swag]", "[mmlu, x/mmlu.jsonl]"):
+        with pytest.raises(UserError, match=r"^eval.tasks: must be benchmark names \(hellaswag, mmlu, ...\) or .jsonl"):
             load_config(TINY_YAML, [f"eval.tasks={value}"])
 
 
@@ -508,8 +554,8 @@ def assert_same_as_lm_eval(
         theirs = [float(loglikelihood) for loglikelihood, _ in sample["filtered_resps"]]
         largest_gap = max(largest_gap, *(abs(a - b) for a, b in zip(ours[i], theirs)))
         assert ours[i] == pytest.approx(theirs, abs=1e-4, rel=0), f"example {i}"
-        assert tasks.predictions(ours[i], example.choices) == tasks.predictions(theirs, example.choices), f"example {i}"
-        pred, pred_norm = tasks.predictions(ours[i], example.choices)
+        assert tasks.predictions(ours[i], example) == tasks.predictions(theirs, example), f"example {i}"
+        pred, pred_norm = tasks.predictions(ours[i], example)
         right.append((float(pred == example.gold), float(pred_norm == example.gold)))
         assert right[-1] == (sample["acc"], sample["acc_norm"]), f"example {i}"
     acc, acc_norm = (sum(column) / len(right) for column in zip(*right))
@@ -606,6 +652,6 @@ def test_lm_eval_agrees_on_every_example_for_a_freshly_trained_tiny_model(tmp_pa
     run_verb(evaluate, "--model", folder, "--tasks", SHIPPED_TASK, "--micro-batch-size", 16)
     _, aggregate = results["shakespeare_next_line"]
     assert capsys.readouterr().out.startswith(
-        f"shakespeare_next_line: acc {aggregate['acc,none']:.4f}, acc_norm {aggregate['acc_norm,none']:.4f} over 200"
-        f" examples of {SHIPPED_TASK} ("
+        f"shakespeare_next_line ({SHIPPED_TASK}, 200 rows): acc {aggregate['acc,none']:.4f}, acc_norm "
+        f"{aggregate['acc_norm,none']:.4f} ("
     )

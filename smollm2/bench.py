@@ -50,16 +50,9 @@ DATASHEET_TFLOPS_CUDA = 989.0  # H100/H200 SXM dense bf16; --datasheet-tflops fo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="FILE", help="training config YAML (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, as for `smollm2 train`",
-    )
+    from smollm2.config import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument("--vary", metavar="KEY=A,B,...", help="bench once per value of one config key, in this process")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (default 2)")

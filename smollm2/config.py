@@ -403,6 +403,20 @@ def _check(ok: bool, key_name: str, expected: str, value: Any = _NO_VALUE) -> No
         raise UserError(f"{key_name}: {expected}" + ("" if value is _NO_VALUE else f", got {value!r}"))
 
 
+def add_config_arguments(parser: Any) -> None:
+    """--config FILE and --set KEY=VALUE ... on an argparse parser, as `smollm2 train` and `smollm2 bench` take them."""
+    parser.add_argument("--config", required=True, metavar="FILE", help="YAML config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, value parsed as YAML: --set train.max_steps=100 optimizer.lr=1e-3 (repeatable)",
+    )
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), world_size: int = 1) -> Config:
     """Config from a YAML file (or only defaults when None) plus `a.b=value` overrides, validated."""
     raw: dict[str, Any] = {}

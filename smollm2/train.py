@@ -18,7 +18,7 @@ from pathlib import Path
 from smollm2.checkpoint import read_client_state
 from smollm2.checkpoint_manager import choose_resume
 from smollm2.collectives import CpuGroup
-from smollm2.config import load_config
+from smollm2.config import add_config_arguments, load_config
 from smollm2.distributed import discover
 from smollm2.engine import init_distributed, leave_process_group
 from smollm2.errors import RunFailed
@@ -29,16 +29,7 @@ from smollm2.watchdog import RankLost
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="FILE", help="YAML config (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, value parsed as YAML: --set train.max_steps=100 optimizer.lr=1e-3 (repeatable)",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--resume",
         default="auto",

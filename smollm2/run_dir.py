@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from smollm2.atomic import write_atomic
-from smollm2.config import save_config
 from smollm2.errors import UserError, write_failed
 
 OWNER = "owner"  # the folder of claims inside the run directory
@@ -139,6 +138,8 @@ def _write_problem(run_dir: Path) -> str | None:
 def write_run_files(config: Any, tokenizer_path: Path) -> None:
     """The run directory's config.yaml (this job's resolved config, smollm2.config.Config) and tokenizer.json
     (the data's)."""
+    from smollm2.config import save_config  # imports the model, and torch: the claim needs neither
+
     run_dir = Path(config.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # a bench's temporary run directory has no claim that made it
     save_config(config, run_dir / "config.yaml", header="Resolved by `smollm2 train`: every key, defaults filled in.")

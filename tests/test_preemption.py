@@ -256,14 +256,14 @@ def test_fit_stops_its_dataloader_workers_when_training_fails(monkeypatch):
 
 @pytest.mark.slow
 def test_a_stop_during_a_background_save_ends_with_that_save_complete(tiny_data, tmp_path):
-    """The save of step 3 is held 15 s in its writer thread (after the files, before it reports them written) while
+    """The save of step 3 is held 10 s in its writer thread (after the files, before it reports them written) while
     the loop trains on; a SIGUSR1 then stops the job at a later step, which waits for step 3 and saves its own."""
     run_dir = tmp_path / "run"
     step3 = run_dir / "checkpoints" / "step_00000003"
     job = start_train(
         tmp_path, f"data.path={tiny_data}", f"train.out_dir={run_dir}", f"train.max_steps={MAX_STEPS}",
         "checkpoint.save_every=3", "checkpoint.keep_last=5", "eval.eval_every=0",
-        SMOLLM2_FAULT_SAVE_DELAY_S="15", SMOLLM2_FAULT_SAVE_DELAY_STEPS="3",
+        SMOLLM2_FAULT_SAVE_DELAY_S="10", SMOLLM2_FAULT_SAVE_DELAY_STEPS="3",
     )  # fmt: skip
 
     def stop_while_step_3_is_written() -> None:

@@ -228,9 +228,9 @@ def test_selective_checkpoint_keeps_matmul_outputs_and_recomputes_the_rest():
     assert ops._selective_policy(None, aten.silu.default) == CheckpointPolicy.PREFER_RECOMPUTE
 
 
-# The trainer's clipping at ZeRO 0 (torch's foreach clip, smollm2.trainer.Trainer.train_step) against what
-# DeepSpeed's engine would run there (deepspeed.runtime.utils.clip_grad_norm_), on the same gradients. In a
-# process of its own: DeepSpeed's clip needs a process group.
+# The clipping at ZeRO 0 (torch's foreach clip: smollm2.engine.clip_gradients, called by the stability guard)
+# against what DeepSpeed's engine would run there (deepspeed.runtime.utils.clip_grad_norm_), on the same
+# gradients. In a process of its own: DeepSpeed's clip needs a process group.
 CLIP_SCRIPT = """
 import json, os, sys
 import torch, deepspeed
